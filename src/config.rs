@@ -1,0 +1,170 @@
+//! Command-line flags (a contract: scripts and docs use these names). Every flag can also be
+//! given as an environment variable `XMPP_VEIL_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamTls {
+    /// Plaintext: only on loopback or a private network (see the README).
+    Plain,
+    /// STARTTLS negotiated by the proxy before the client's stream is relayed.
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    Direct,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "xmpp-veil",
+    version,
+    about = "Transparent XMPP proxy that adds invisible mode (XEP-0186, XEP-0018) to a server that lacks it"
+)]
+pub struct Config {
+    /// Client port with STARTTLS (repeatable).
+    #[arg(
+        long = "listen",
+        env = "XMPP_VEIL_LISTEN",
+        value_delimiter = ',',
+        default_value = "[::]:5222"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Client port with direct TLS, XEP-0368 (repeatable).
+    #[arg(
+        long = "listen-direct-tls",
+        env = "XMPP_VEIL_LISTEN_DIRECT_TLS",
+        value_delimiter = ',',
+        default_value = "[::]:5223"
+    )]
+    pub listen_direct_tls: Vec<SocketAddr>,
+
+    /// The XMPP server, HOST:PORT.
+    #[arg(long, env = "XMPP_VEIL_UPSTREAM")]
+    pub upstream: String,
+
+    /// How to reach the upstream server.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_UPSTREAM_TLS",
+        value_enum,
+        default_value = "starttls"
+    )]
+    pub upstream_tls: UpstreamTls,
+
+    /// PEM file of CA certificates trusted for the upstream (default: the system roots).
+    #[arg(long, env = "XMPP_VEIL_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Do not verify the upstream certificate (dangerous; logged loudly).
+    #[arg(long, env = "XMPP_VEIL_UPSTREAM_INSECURE")]
+    pub upstream_insecure: bool,
+
+    /// The proxy's PEM certificate chain (default: the development pair in certs/, with a warning).
+    #[arg(long, env = "XMPP_VEIL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The proxy's PEM private key.
+    #[arg(long, env = "XMPP_VEIL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Prometheus endpoint (GET /metrics).
+    #[arg(
+        long,
+        env = "XMPP_VEIL_METRICS_LISTEN",
+        default_value = "127.0.0.1:9477"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Largest top-level element accepted from either side, in bytes.
+    #[arg(long, env = "XMPP_VEIL_MAX_STANZA_SIZE", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
+    pub max_stanza_size: u64,
+
+    /// Time allowed to connect to the upstream (TCP, TLS and its stream opening), in seconds.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_UPSTREAM_CONNECT_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub upstream_connect_timeout: f64,
+
+    /// Time allowed for graceful shutdown before remaining sessions are cut, in seconds.
+    #[arg(long, env = "XMPP_VEIL_SHUTDOWN_TIMEOUT", default_value_t = 5.0)]
+    pub shutdown_timeout: f64,
+}
+
+impl Config {
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.upstream_connect_timeout.clamp(0.1, 600.0))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout.clamp(0.1, 600.0))
+    }
+
+    pub fn max_stanza_size(&self) -> usize {
+        usize::try_from(self.max_stanza_size).unwrap_or(usize::MAX)
+    }
+
+    /// The upstream's host part (for SNI and certificate checks when no stream `to` is known).
+    pub fn upstream_host(&self) -> &str {
+        let s = self.upstream.as_str();
+        match s.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c =
+            Config::try_parse_from(["xmpp-veil", "--upstream", "xmpp.example.org:5222"]).unwrap();
+        assert_eq!(c.listen, vec!["[::]:5222".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen_direct_tls,
+            vec!["[::]:5223".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.upstream_tls, UpstreamTls::Starttls);
+        assert_eq!(
+            c.metrics_listen,
+            "127.0.0.1:9477".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(c.max_stanza_size, 262_144);
+        assert_eq!(c.upstream_host(), "xmpp.example.org");
+        assert!(c.cert.is_none() && !c.upstream_insecure);
+    }
+
+    #[test]
+    fn listen_flags_repeat() {
+        let c = Config::try_parse_from([
+            "xmpp-veil",
+            "--upstream",
+            "[::1]:5222",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:2",
+            "--upstream-tls",
+            "plain",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.upstream_host(), "::1");
+        assert_eq!(c.upstream_tls, UpstreamTls::Plain);
+    }
+
+    #[test]
+    fn cert_needs_key() {
+        assert!(
+            Config::try_parse_from(["xmpp-veil", "--upstream", "h:1", "--cert", "c.pem"]).is_err()
+        );
+    }
+}

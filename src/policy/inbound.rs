@@ -1,0 +1,152 @@
+//! Stanzas from the server: what the policy learns from them, and the few it changes.
+//!
+//! - the bind result gives the session's full JID, and triggers the proxy's own roster query;
+//! - the answer to that query is consumed (it never reaches the client) and builds the roster
+//!   view; roster pushes keep it current, and a new subscriber who may see the resource is
+//!   shown it;
+//! - the answer to the client's disco#info query to its server gains the invisible features;
+//! - presence of type `invisible`/`visible` never reaches the client (XEP-0018 §4.1).
+
+use bytes::Bytes;
+use jid::{FullJid, Jid};
+
+use super::roster::{NS_ROSTER, Roster};
+use super::{Action, NS_BIND, NS_CLIENT, NS_DISCO_INFO, Policy, Violation, presence, xep0186};
+use crate::xml::{Element, StartTag};
+
+impl Policy {
+    pub(super) fn server_presence(
+        &mut self,
+        raw: &Bytes,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Violation> {
+        let tag = StartTag::parse(raw)?;
+        if !matches!(tag.attr("type"), Some("invisible" | "visible")) {
+            out.push(Action::ToClient(raw.clone()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn server_iq(
+        &mut self,
+        raw: &Bytes,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Violation> {
+        let tag = StartTag::parse(raw)?;
+        let id = tag.attr("id").unwrap_or("");
+        match tag.attr("type") {
+            Some("result" | "error") if self.roster_query_id.as_deref() == Some(id) => {
+                self.roster_query_id = None;
+                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                self.roster_arrived(&iq, out);
+                return Ok(());
+            }
+            Some("result") if self.bind_id.as_deref() == Some(id) => {
+                self.bind_id = None;
+                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                self.bound(&iq, out);
+            }
+            Some(kind @ ("result" | "error")) if self.disco_ids.remove(id) && kind == "result" => {
+                let mut iq = Element::parse(raw, NS_CLIENT, &[])?;
+                if self.is_our_server(iq.attr("from").unwrap_or(""))
+                    && add_invisible_features(&mut iq)
+                {
+                    out.push(Action::ToClient(Bytes::from(iq.to_xml(NS_CLIENT))));
+                    return Ok(());
+                }
+            }
+            Some("set") if self.roster.is_some() => {
+                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                self.roster_push(&iq, out);
+            }
+            _ => {}
+        }
+        out.push(Action::ToClient(raw.clone()));
+        Ok(())
+    }
+
+    fn bound(&mut self, iq: &Element, out: &mut Vec<Action>) {
+        let jid = iq
+            .child("bind", NS_BIND)
+            .and_then(|b| b.child("jid", NS_BIND))
+            .and_then(|j| FullJid::new(j.text().trim()).ok());
+        let Some(jid) = jid else {
+            tracing::warn!("bind result without a usable JID");
+            return;
+        };
+        self.jid = Some(jid);
+        let id = self.next_id("roster");
+        out.push(Action::ToServer(Bytes::from(format!(
+            "<iq type='get' id='{}'><query xmlns='{NS_ROSTER}'/></iq>",
+            crate::xml::element::escape(&id)
+        ))));
+        self.roster_query_id = Some(id);
+    }
+
+    fn roster_arrived(&mut self, iq: &Element, out: &mut Vec<Action>) {
+        let roster = match (iq.attr("type"), iq.child("query", NS_ROSTER)) {
+            (Some("result"), Some(query)) => Roster::from_query(query),
+            _ => {
+                // Fail closed: with no roster, fan-out reaches only explicit XEP-0018 exceptions.
+                tracing::warn!("roster query failed; the roster view stays empty");
+                Roster::default()
+            }
+        };
+        tracing::debug!(items = roster.len(), "roster view loaded");
+        self.roster = Some(roster);
+        if self.fan_out_pending {
+            presence::fan_out(self, out);
+        }
+        if self.probe_pending {
+            xep0186::probe_contacts(self, out);
+        }
+    }
+
+    fn roster_push(&mut self, iq: &Element, out: &mut Vec<Action>) {
+        // RFC 6121 2.1.6: only the user's own account may push; anything else is not a push.
+        let from_account = match iq.attr("from") {
+            None => true,
+            Some(from) => match (Jid::new(from), &self.jid) {
+                (Ok(from), Some(me)) => from.resource().is_none() && from.to_bare() == me.to_bare(),
+                _ => false,
+            },
+        };
+        let (true, Some(query), Some(roster)) = (
+            from_account,
+            iq.child("query", NS_ROSTER),
+            self.roster.as_mut(),
+        ) else {
+            return;
+        };
+        let changes = roster.apply(query);
+        // A new subscriber who may see the resource of a silent session: the server would have
+        // sent it the current presence on approval; the proxy does it instead.
+        if !self.available || self.server_broadcasting {
+            return;
+        }
+        let current = self.current_presence();
+        for change in changes {
+            let new_subscriber = change.after.is_some_and(|s| s.sees_user())
+                && !change.before.is_some_and(|s| s.sees_user());
+            if new_subscriber && self.vis.may_see(&change.jid) {
+                presence::show_to(self, &current, Jid::from(change.jid), out);
+            }
+        }
+    }
+}
+
+/// Adds the XEP-0186 features to a disco#info result; false if there was nothing to add to.
+fn add_invisible_features(iq: &mut Element) -> bool {
+    let Some(query) = iq.child_mut("query", NS_DISCO_INFO) else {
+        return false;
+    };
+    for ns in [xep0186::NS_1, xep0186::NS_0] {
+        let present = query
+            .elements()
+            .any(|f| f.name == "feature" && f.attr("var") == Some(ns));
+        if !present {
+            query.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", ns));
+        }
+    }
+    true
+}

@@ -1,0 +1,329 @@
+//! The invisibility rules, as a pure state machine: one [`Policy`] per client session.
+//!
+//! No I/O and no clock: the session pump feeds it events (a stanza from the client, a stanza
+//! from the server, the end of the session) and carries out the [`Action`]s it returns.
+//!
+//! Strategy ("silent session"): while anyone is meant not to see the resource, the server never
+//! receives undirected available presence from it, so it treats the resource as connected but
+//! unavailable (offline to probes, no broadcasts). Whatever contacts may see goes out as directed
+//! presence sent by the proxy, which remembers every entity it showed the resource to and tells
+//! each one `unavailable` when it must (see [`presence`]).
+//!
+//! Where the rules are:
+//! - [`presence`]: ordinary presence from the client under the current visibility (undirected,
+//!   directed, unavailable), fan-out, and what happens at session end;
+//! - [`xep0186`]: the invisible/visible IQ commands;
+//! - [`xep0018`]: `<presence type='invisible'/>` / `type='visible'`, global and per contact;
+//! - [`roster`]: the roster view the rules need;
+//! - [`inbound`]: stanzas from the server (bind result, roster, disco#info, stray invisible presence).
+
+mod inbound;
+pub mod presence;
+pub mod roster;
+pub mod xep0018;
+pub mod xep0186;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use bytes::Bytes;
+use jid::{BareJid, FullJid, Jid};
+
+use crate::xml::{Element, ElementKind, FrameError, StartTag};
+use roster::Roster;
+
+/// What the pump must do with the result of one event, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the server (the original stanza, or one the policy made).
+    ToServer(Bytes),
+    /// Write these bytes to the client.
+    ToClient(Bytes),
+}
+
+/// A stanza the policy refuses to handle: the session must end with this stream error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub condition: &'static str,
+    pub reason: String,
+}
+
+impl From<FrameError> for Violation {
+    fn from(e: FrameError) -> Self {
+        Violation {
+            condition: e.condition(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Global or per-contact visibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Visible,
+    Invisible,
+}
+
+/// Who may see the resource: a global mode plus XEP-0018's per-contact exceptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visibility {
+    pub global: Mode,
+    pub exceptions: BTreeMap<BareJid, Mode>,
+}
+
+impl Visibility {
+    pub fn may_see(&self, contact: &BareJid) -> bool {
+        *self.exceptions.get(contact).unwrap_or(&self.global) == Mode::Visible
+    }
+
+    /// True while at least one contact must not see the resource: the session must be silent.
+    pub fn hides_anyone(&self) -> bool {
+        self.global == Mode::Invisible || self.exceptions.values().any(|m| *m == Mode::Invisible)
+    }
+
+    fn set(&mut self, global: Mode) {
+        self.global = global;
+        self.exceptions.clear();
+    }
+
+    fn set_for(&mut self, contact: BareJid, mode: Mode) {
+        if mode == self.global {
+            self.exceptions.remove(&contact);
+        } else {
+            self.exceptions.insert(contact, mode);
+        }
+    }
+}
+
+/// Limits on per-session state that a client could otherwise grow without bound.
+pub const MAX_SHOWN: usize = 10_000;
+pub const MAX_EXCEPTIONS: usize = 10_000;
+const MAX_PENDING_IQS: usize = 64;
+
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+
+/// One session's invisibility state.
+#[derive(Debug)]
+pub struct Policy {
+    /// The user's server, from the client's stream header.
+    domain: String,
+    /// Prefix of the ids of the proxy's own IQs, unique enough not to meet a client's ids.
+    id_prefix: String,
+    jid: Option<FullJid>,
+    bind_id: Option<String>,
+    roster_query_id: Option<String>,
+    roster: Option<Roster>,
+    /// Client disco#info queries to the user's server whose answers gain the invisible features.
+    disco_ids: HashSet<String>,
+
+    vis: Visibility,
+    /// The client has started a presence session (sent available presence, or XEP-0018
+    /// `invisible` as its initial presence) and not ended it.
+    available: bool,
+    /// The last undirected available presence the client sent, as it sent it.
+    last_presence: Option<Bytes>,
+    /// The server holds the resource as available: it broadcasts, and answers probes, for it.
+    /// Invariant: never true while `vis.hides_anyone()`.
+    server_broadcasting: bool,
+    /// Entities that were shown available presence from this resource by a directed presence
+    /// (the client's or the proxy's) and have not been told `unavailable` since.
+    shown: BTreeSet<Jid>,
+    /// Seconds since the epoch when the session went invisible (XEP-0186 rule 8 timestamp).
+    invisible_since: Option<u64>,
+    probe: bool,
+    /// Work that waits for the roster view.
+    fan_out_pending: bool,
+    probe_pending: bool,
+}
+
+impl Policy {
+    /// `domain`: the `to` of the client's stream header; `id_prefix`: per-session unique token.
+    pub fn new(domain: &str, id_prefix: &str) -> Policy {
+        Policy {
+            domain: domain.to_ascii_lowercase(),
+            id_prefix: id_prefix.to_owned(),
+            jid: None,
+            bind_id: None,
+            roster_query_id: None,
+            roster: None,
+            disco_ids: HashSet::new(),
+            vis: Visibility {
+                global: Mode::Visible,
+                exceptions: BTreeMap::new(),
+            },
+            available: false,
+            last_presence: None,
+            server_broadcasting: false,
+            shown: BTreeSet::new(),
+            invisible_since: None,
+            probe: false,
+            fan_out_pending: false,
+            probe_pending: false,
+        }
+    }
+
+    /// The full JID, once the server has bound a resource.
+    pub fn jid(&self) -> Option<&FullJid> {
+        self.jid.as_ref()
+    }
+
+    /// True while some contact must not see this resource (the session is silent).
+    pub fn is_hidden(&self) -> bool {
+        self.vis.hides_anyone()
+    }
+
+    pub fn visibility(&self) -> &Visibility {
+        &self.vis
+    }
+
+    pub fn invisible_since(&self) -> Option<u64> {
+        self.invisible_since
+    }
+
+    /// Entities currently shown the resource by directed presence (not yet told unavailable).
+    pub fn shown(&self) -> impl Iterator<Item = &Jid> {
+        self.shown.iter()
+    }
+
+    pub fn server_broadcasting(&self) -> bool {
+        self.server_broadcasting
+    }
+
+    /// A top-level element from the client. `now`: seconds since the epoch.
+    pub fn from_client(
+        &mut self,
+        raw: &Bytes,
+        kind: ElementKind,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Violation> {
+        match kind {
+            ElementKind::Presence => self.client_presence(raw, now, out),
+            ElementKind::Iq => self.client_iq(raw, now, out),
+            ElementKind::Message | ElementKind::Other => {
+                out.push(Action::ToServer(raw.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// A top-level element from the server.
+    pub fn from_server(
+        &mut self,
+        raw: &Bytes,
+        kind: ElementKind,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Violation> {
+        match kind {
+            ElementKind::Presence => self.server_presence(raw, out),
+            ElementKind::Iq => self.server_iq(raw, out),
+            ElementKind::Message | ElementKind::Other => {
+                out.push(Action::ToClient(raw.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    fn client_presence(
+        &mut self,
+        raw: &Bytes,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Violation> {
+        let tag = StartTag::parse(raw)?;
+        let to = match tag.attr("to") {
+            None => None,
+            Some(to) => match Jid::new(to) {
+                Ok(jid) => Some(jid),
+                Err(_) => {
+                    // Cannot be tracked, so it cannot be allowed out.
+                    presence::refuse(raw, "jid-malformed", out);
+                    return Ok(());
+                }
+            },
+        };
+        match (tag.attr("type"), to) {
+            (Some("invisible"), None) => xep0018::invisible(self, now, out),
+            (Some("visible"), None) => xep0018::visible(self, out),
+            (Some("invisible"), Some(to)) => xep0018::invisible_to(self, to.to_bare(), now, out),
+            (Some("visible"), Some(to)) => xep0018::visible_to(self, to.to_bare(), out),
+            (None, None) => presence::undirected_available(self, raw, out),
+            (Some("unavailable"), None) => presence::undirected_unavailable(self, raw, out),
+            (None, Some(to)) => presence::directed_available(self, raw, to, out),
+            (Some("unavailable"), Some(to)) => presence::directed_unavailable(self, raw, to, out),
+            // Subscription management, probes and errors reveal nothing about availability.
+            (
+                Some(
+                    "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe" | "error",
+                ),
+                _,
+            ) => out.push(Action::ToServer(raw.clone())),
+            // An unknown type: we cannot tell what the server would make of it, so it stays here.
+            (Some(_), _) => presence::refuse(raw, "bad-request", out),
+        }
+        Ok(())
+    }
+
+    fn client_iq(&mut self, raw: &Bytes, now: u64, out: &mut Vec<Action>) -> Result<(), Violation> {
+        let tag = StartTag::parse(raw)?;
+        let to_our_server = match tag.attr("to") {
+            None => true,
+            Some(to) => self.is_our_server(to),
+        };
+        let kind = tag.attr("type");
+        if !to_our_server || !matches!(kind, Some("set" | "get")) {
+            out.push(Action::ToServer(raw.clone()));
+            return Ok(());
+        }
+        let iq = Element::parse(raw, NS_CLIENT, &[])?;
+        let id = iq.attr("id").unwrap_or("").to_owned();
+        let Some(payload) = iq.elements().next() else {
+            out.push(Action::ToServer(raw.clone()));
+            return Ok(());
+        };
+        match (kind, payload.name.as_str(), payload.ns.as_str()) {
+            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0) => {
+                xep0186::command(self, &iq, payload, now, out);
+                return Ok(());
+            }
+            (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),
+            (Some("get"), "query", NS_DISCO_INFO)
+                if payload.attr("node").is_none()
+                    && tag.attr("to").is_some()
+                    && self.disco_ids.len() < MAX_PENDING_IQS =>
+            {
+                self.disco_ids.insert(id);
+            }
+            _ => {}
+        }
+        out.push(Action::ToServer(raw.clone()));
+        Ok(())
+    }
+
+    /// The user's own server: the stream's domain (the request's `to` compared normalised).
+    fn is_our_server(&self, to: &str) -> bool {
+        Jid::new(to).is_ok_and(|j| {
+            j.node().is_none() && j.resource().is_none() && j.domain().as_str() == self.domain
+        })
+    }
+
+    /// Whether the server itself sends `entity` the resource's presence, and so its
+    /// `unavailable` too: it does for subscribers while it broadcasts, not for roster contacts
+    /// that only got directed presence (measured on Prosody and ejabberd: "ghost online").
+    fn server_covers(&self, entity: &Jid) -> bool {
+        self.server_broadcasting
+            && self
+                .roster
+                .as_ref()
+                .and_then(|r| r.get(&entity.to_bare()))
+                .is_some_and(|s| s.sees_user())
+    }
+
+    fn next_id(&self, what: &str) -> String {
+        format!("{}-{what}", self.id_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests;

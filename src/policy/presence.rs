@@ -1,0 +1,200 @@
+//! Ordinary presence from the client, under whatever visibility the session has.
+//!
+//! The rules in one place:
+//! - **Undirected available**: if nobody is hidden, it goes to the server, which broadcasts it.
+//!   Otherwise it is withheld from the server and fanned out as directed presence to the
+//!   contacts allowed to see the resource (XEP-0018); with everyone hidden that is nobody
+//!   (XEP-0186 rule 3).
+//! - **Directed available** (also while invisible): delivered, and the recipient remembered
+//!   (XEP-0186 rule 4), because the server does not tell roster contacts `unavailable` for
+//!   directed presence at disconnect.
+//! - **Undirected unavailable**: to the server only if it holds the resource as available;
+//!   otherwise only to the remembered recipients (XEP-0186 rule 5): a silent session's
+//!   undirected unavailable would be broadcast by the server to every subscriber.
+//! - **Directed unavailable**: delivered; the recipient is forgotten.
+//! - **Session end** ([`Policy::session_end`]): every remembered recipient the server will not
+//!   tell itself gets `unavailable`, before the upstream stream closes.
+
+use bytes::Bytes;
+use jid::{BareJid, Jid};
+
+use super::{Action, MAX_SHOWN, Policy};
+use crate::xml::element::{escape, set_start_tag_attr};
+
+const UNAVAILABLE: &str = "<presence type='unavailable'/>";
+
+pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
+    p.available = true;
+    p.last_presence = Some(raw.clone());
+    if p.vis.hides_anyone() {
+        metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+        fan_out(p, out);
+    } else {
+        p.server_broadcasting = true;
+        out.push(Action::ToServer(raw.clone()));
+    }
+}
+
+pub(super) fn undirected_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
+    p.available = false;
+    p.last_presence = None;
+    if p.server_broadcasting {
+        out.push(Action::ToServer(raw.clone()));
+    } else {
+        metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+    }
+    tell_unavailable(p, raw, |_| true, out);
+    p.server_broadcasting = false;
+}
+
+pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
+    if !p.shown.contains(&to) && p.shown.len() >= MAX_SHOWN {
+        refuse(raw, "resource-constraint", out);
+        return;
+    }
+    p.shown.insert(to);
+    out.push(Action::ToServer(raw.clone()));
+}
+
+pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
+    // Unavailable to a bare JID reaches every resource of it.
+    if to.resource().is_none() {
+        let bare = to.to_bare();
+        p.shown.retain(|e| e.to_bare() != bare);
+    } else {
+        p.shown.remove(&to);
+    }
+    out.push(Action::ToServer(raw.clone()));
+}
+
+/// The client's session ends (clean close, TCP drop, upstream close, proxy shutdown):
+/// `unavailable` to everyone shown the resource whom the server will not tell itself.
+/// The pump sends these before it closes the upstream stream.
+impl Policy {
+    pub fn session_end(&mut self, out: &mut Vec<Action>) {
+        let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+        tell_unavailable(self, &unavailable, |_| true, out);
+        self.available = false;
+    }
+}
+
+/// The server must stop holding the resource as available (someone is about to be hidden):
+/// an undirected `unavailable` makes it tell every subscriber and stop answering probes with
+/// presence; the remembered recipients it will not tell get a directed one.
+pub(super) fn stop_server_broadcast(p: &mut Policy, out: &mut Vec<Action>) {
+    if !p.server_broadcasting {
+        return;
+    }
+    let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+    out.push(Action::ToServer(unavailable.clone()));
+    tell_unavailable(p, &unavailable, |_| true, out);
+    p.server_broadcasting = false;
+}
+
+/// Hands the session back to the server's own broadcast (nobody is hidden any more): the last
+/// undirected presence goes to the server, which sends it to every subscriber and probes the
+/// contacts for the client.
+pub(super) fn resume_server_broadcast(p: &mut Policy, out: &mut Vec<Action>) {
+    debug_assert!(!p.vis.hides_anyone());
+    if p.server_broadcasting || !p.available {
+        return;
+    }
+    out.push(Action::ToServer(p.current_presence()));
+    p.server_broadcasting = true;
+}
+
+/// Sends `unavailable` (a directed copy of `raw`) to every remembered recipient matching
+/// `which` that the server will not tell itself, and forgets them.
+pub(super) fn tell_unavailable(
+    p: &mut Policy,
+    raw: &Bytes,
+    which: impl Fn(&Jid) -> bool,
+    out: &mut Vec<Action>,
+) {
+    let told: Vec<Jid> = p.shown.iter().filter(|e| which(e)).cloned().collect();
+    for entity in told {
+        if !p.server_covers(&entity) {
+            push_directed(raw, entity.as_str(), Action::ToServer, out);
+        }
+        p.shown.remove(&entity);
+    }
+}
+
+/// The current undirected presence sent as directed presence to every contact allowed to see
+/// the resource: subscribers (`from`/`both`) and contacts made visible by XEP-0018, minus the
+/// hidden ones. Waits for the roster view if it has not arrived yet.
+pub(super) fn fan_out(p: &mut Policy, out: &mut Vec<Action>) {
+    if !p.available {
+        return;
+    }
+    let Some(roster) = p.roster.as_ref() else {
+        p.fan_out_pending = true;
+        return;
+    };
+    p.fan_out_pending = false;
+    let mut audience: Vec<BareJid> = roster
+        .subscribers()
+        .filter(|c| p.vis.may_see(c))
+        .cloned()
+        .collect();
+    for (contact, mode) in &p.vis.exceptions {
+        if *mode == super::Mode::Visible && !audience.contains(contact) {
+            audience.push(contact.clone());
+        }
+    }
+    let presence = p.current_presence();
+    for contact in audience {
+        show_to(p, &presence, Jid::from(contact), out);
+    }
+}
+
+/// Directed copy of `presence` to one entity, remembered for its `unavailable` later.
+pub(super) fn show_to(p: &mut Policy, presence: &Bytes, to: Jid, out: &mut Vec<Action>) {
+    if !p.shown.contains(&to) && p.shown.len() >= MAX_SHOWN {
+        tracing::warn!(
+            limit = MAX_SHOWN,
+            "too many presence recipients; not showing more"
+        );
+        return;
+    }
+    push_directed(presence, to.as_str(), Action::ToServer, out);
+    p.shown.insert(to);
+}
+
+fn push_directed(raw: &Bytes, to: &str, dir: fn(Bytes) -> Action, out: &mut Vec<Action>) {
+    match set_start_tag_attr(raw, "to", to) {
+        Ok(copy) => out.push(dir(copy)),
+        // `raw` is either the proxy's own stanza or one the framer accepted; if its start tag
+        // will not take an attribute, a plain stanza says the same thing.
+        Err(_) => {
+            let plain = if raw.windows(11).any(|w| w == b"unavailable") {
+                format!("<presence type='unavailable' to='{}'/>", escape(to))
+            } else {
+                format!("<presence to='{}'/>", escape(to))
+            };
+            out.push(dir(Bytes::from(plain)));
+        }
+    }
+}
+
+/// Presence the proxy will not let out: the client gets a presence error instead.
+pub(super) fn refuse(raw: &Bytes, condition: &str, out: &mut Vec<Action>) {
+    metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+    let id = crate::xml::StartTag::parse(raw)
+        .ok()
+        .and_then(|t| t.attr("id").map(|s| format!(" id='{}'", escape(s))))
+        .unwrap_or_default();
+    out.push(Action::ToClient(Bytes::from(format!(
+        "<presence type='error'{id}><error type='modify'><{condition} \
+         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+    ))));
+}
+
+impl Policy {
+    /// The presence to show: the client's last undirected presence, or plain available.
+    pub(super) fn current_presence(&self) -> Bytes {
+        self.last_presence
+            .clone()
+            .unwrap_or_else(|| Bytes::from_static(b"<presence/>"))
+    }
+}

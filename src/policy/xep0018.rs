@@ -1,0 +1,95 @@
+//! XEP-0018 Invisible Presence: `<presence type='invisible'/>` and `type='visible'`, undirected
+//! (everyone) or directed (one contact). These stanzas never leave the proxy; they change the
+//! session's [`super::Visibility`] and may make the proxy send other presence:
+//!
+//! - undirected `invisible`: everyone who was shown the resource gets `unavailable`; it may be
+//!   the initial presence (Listing 5): the session is then online but shown to nobody;
+//! - undirected `visible`: everyone who could not see the resource gets the last undirected
+//!   presence (Listings 10–11). Nobody is hidden any more, so the session is handed back to the
+//!   server's own broadcast (it gets bare-JID messages and contacts' presence again);
+//! - directed `invisible` to a contact who could see the resource: that contact gets
+//!   `unavailable` (Listings 12–13). If the server was broadcasting, it must first be told the
+//!   resource is unavailable (the only way to stop its broadcasts and probe answers), so the
+//!   other allowed contacts get `unavailable` followed at once by the current presence;
+//! - directed `visible` to a contact: it gets the last undirected presence, or plain available
+//!   (Listings 6–7).
+//!
+//! Exceptions are kept per bare JID: hiding from a contact hides from all its resources.
+
+use bytes::Bytes;
+use jid::{BareJid, Jid};
+
+use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, xep0186};
+
+fn count(command: &'static str) {
+    metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0018", "command" => command)
+        .increment(1);
+}
+
+pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
+    count("invisible");
+    xep0186::hide_from_everyone(p, out);
+    p.vis.set(Mode::Invisible);
+    p.invisible_since.get_or_insert(now);
+    if !p.available {
+        // Listing 5: "invisible" as the initial presence starts a presence session.
+        p.available = true;
+        p.last_presence = None;
+    }
+}
+
+pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
+    count("visible");
+    p.vis.set(Mode::Visible);
+    p.invisible_since = None;
+    p.fan_out_pending = false;
+    presence::resume_server_broadcast(p, out);
+}
+
+pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut Vec<Action>) {
+    count("invisible");
+    if !exception_fits(p, &contact) {
+        return;
+    }
+    if p.server_broadcasting {
+        presence::stop_server_broadcast(p, out);
+        p.vis.set_for(contact, Mode::Invisible);
+        presence::fan_out(p, out);
+    } else {
+        let unavailable = Bytes::from_static(b"<presence type='unavailable'/>");
+        presence::tell_unavailable(p, &unavailable, |e| e.to_bare() == contact, out);
+        p.vis.set_for(contact, Mode::Invisible);
+    }
+    if p.vis.hides_anyone() {
+        p.invisible_since.get_or_insert(now);
+    }
+}
+
+pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>) {
+    count("visible");
+    if !exception_fits(p, &contact) {
+        return;
+    }
+    p.vis.set_for(contact.clone(), Mode::Visible);
+    if !p.vis.hides_anyone() {
+        p.invisible_since = None;
+        presence::resume_server_broadcast(p, out);
+    }
+    let already_sees = p.shown.iter().any(|e| e.to_bare() == contact);
+    let contact = Jid::from(contact);
+    if p.available && !already_sees && !p.server_covers(&contact) {
+        let current = p.current_presence();
+        presence::show_to(p, &current, contact, out);
+    }
+}
+
+fn exception_fits(p: &Policy, contact: &BareJid) -> bool {
+    let fits = p.vis.exceptions.contains_key(contact) || p.vis.exceptions.len() < MAX_EXCEPTIONS;
+    if !fits {
+        tracing::warn!(
+            limit = MAX_EXCEPTIONS,
+            "too many per-contact visibility exceptions"
+        );
+    }
+    fits
+}

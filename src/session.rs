@@ -1,0 +1,628 @@
+//! The pump of one client session: two legs, two framers, one [`Policy`].
+//!
+//! Client frames go through the stream-level checks (no STARTTLS, compression or stream
+//! management inside the relay) and then the policy; server frames through the feature
+//! rewrites and the policy. The policy's actions are queued per leg and written once per read,
+//! so a burst of stanzas costs one write (and one TLS record) per leg.
+//!
+//! Stream restarts: after SASL `<success/>` the server's next bytes are a new stream, and so are
+//! the client's (it may not send anything before it has read `<success/>`). Both framers are
+//! reset right when `<success/>` passes, at that exact frame boundary, so no byte of either new
+//! stream is read with the old parser state.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+
+use crate::metrics as m;
+use crate::policy::{Action, Policy, Violation};
+use crate::stream::errors::{NS_STREAMS, client_stream_header, stream_error};
+use crate::stream::upstream::{self, Upstream, UpstreamConfig};
+use crate::stream::{NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element};
+use crate::xml::{Element, ElementKind, Frame, FrameError, Framer};
+
+/// What every session shares.
+pub struct Shared {
+    pub upstream: UpstreamConfig,
+    pub connect_timeout: Duration,
+    pub max_stanza_size: usize,
+    pub shutdown: CancellationToken,
+}
+
+/// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Read buffer grows by this much when it runs out of room.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Serves one client whose TLS is established: reads its stream header, connects upstream and
+/// relays until either side ends. `framer` may already hold bytes read after the handshake.
+pub async fn serve<C>(mut client: C, conn_id: u64, shared: Arc<Shared>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut cf = Framer::new(shared.max_stanza_size);
+    let stream_id = format!("xv-{conn_id:x}-{:x}", nanos());
+    let header_raw = match read_element(&mut client, &mut cf).await {
+        Ok(Frame::StreamHeader(raw)) => raw,
+        Ok(_) => {
+            return refuse(
+                &mut client,
+                &stream_id,
+                "",
+                "not-well-formed",
+                "expected a stream header",
+            )
+            .await;
+        }
+        Err(ReadError::Closed) => return,
+        Err(ReadError::Frame(e)) => {
+            return refuse(&mut client, &stream_id, "", e.condition(), &e.to_string()).await;
+        }
+    };
+    let header = match StreamHeader::parse(&header_raw)
+        .and_then(|h| h.check_client_namespace().map(|()| h))
+    {
+        Ok(h) => h,
+        Err(e) => return refuse(&mut client, &stream_id, "", e.condition(), &e.to_string()).await,
+    };
+    let Some(domain) = header.to.clone().filter(|d| !d.is_empty()) else {
+        return refuse(
+            &mut client,
+            &stream_id,
+            "",
+            "host-unknown",
+            "the stream header has no 'to'",
+        )
+        .await;
+    };
+
+    let connected = tokio::time::timeout(
+        shared.connect_timeout,
+        upstream::connect(&shared.upstream, &domain),
+    )
+    .await;
+    let upstream = match connected {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            tracing::warn!(reason = %e.reason, "upstream unavailable");
+            let mut out = client_stream_header(&stream_id, &domain).to_vec();
+            match e.server_error {
+                Some(err) => {
+                    count_stream_error(&err, &[("stream", NS_STREAMS)]);
+                    out.extend_from_slice(&err);
+                    out.extend_from_slice(b"</stream:stream>");
+                }
+                None => {
+                    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "remote-connection-failed").increment(1);
+                    out.extend_from_slice(&stream_error(
+                        "remote-connection-failed",
+                        "the server cannot be reached",
+                    ));
+                }
+            }
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?shared.connect_timeout, "upstream connect timed out");
+            return refuse(
+                &mut client,
+                &stream_id,
+                &domain,
+                "remote-connection-failed",
+                "the server did not answer in time",
+            )
+            .await;
+        }
+    };
+    tracing::debug!("upstream connected");
+    let prefixes = header.prefixes.clone();
+    match upstream {
+        Upstream::Plain(up) => {
+            Relay::new(client, up, cf, &domain, conn_id, prefixes, &shared)
+                .run(header_raw)
+                .await
+        }
+        Upstream::Tls(up) => {
+            Relay::new(client, *up, cf, &domain, conn_id, prefixes, &shared)
+                .run(header_raw)
+                .await
+        }
+    }
+}
+
+/// Sends the proxy's own stream header and a stream error (nothing was relayed yet).
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    id: &str,
+    domain: &str,
+    condition: &'static str,
+    reason: &str,
+) {
+    tracing::info!(condition, reason, "stream refused");
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+    let mut out = client_stream_header(id, domain).to_vec();
+    out.extend_from_slice(&stream_error(condition, reason));
+    let _ = client.write_all(&out).await;
+    let _ = client.shutdown().await;
+}
+
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed its stream.
+    ClientClosed,
+    /// The client's connection dropped without a stream close.
+    ClientGone,
+    /// The client sent something the proxy refuses: it gets this stream error.
+    ClientError(&'static str, String),
+    /// The server closed its stream (after a stream error, if it sent one).
+    ServerClosed,
+    /// The server's connection dropped, or it sent bad XML.
+    ServerGone(String),
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+/// Per-session handles of the hot-path counters (one registry lookup per session, not per stanza).
+struct Counters {
+    c2s: [Counter; 4],
+    s2c: [Counter; 4],
+    bytes_c2s: Counter,
+    bytes_s2c: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let kinds = |dir: &'static str| {
+            ["message", "presence", "iq", "other"]
+                .map(|kind| metrics::counter!(m::STANZAS_TOTAL, "direction" => dir, "kind" => kind))
+        };
+        Counters {
+            c2s: kinds("c2s"),
+            s2c: kinds("s2c"),
+            bytes_c2s: metrics::counter!(m::BYTES_TOTAL, "direction" => "c2s"),
+            bytes_s2c: metrics::counter!(m::BYTES_TOTAL, "direction" => "s2c"),
+        }
+    }
+}
+
+fn kind_index(kind: ElementKind) -> usize {
+    match kind {
+        ElementKind::Message => 0,
+        ElementKind::Presence => 1,
+        ElementKind::Iq => 2,
+        ElementKind::Other => 3,
+    }
+}
+
+struct Relay<'a, C, U> {
+    client: C,
+    upstream: U,
+    cf: Framer,
+    sf: Framer,
+    policy: Policy,
+    /// Prefix bindings of the client's and the server's current stream headers.
+    client_prefixes: Vec<(String, String)>,
+    server_prefixes: Vec<(String, String)>,
+    to_client: Vec<u8>,
+    to_server: Vec<u8>,
+    actions: Vec<Action>,
+    counters: Counters,
+    hidden: bool,
+    jid_known: bool,
+    shared: &'a Shared,
+}
+
+impl<'a, C, U> Relay<'a, C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(
+        client: C,
+        upstream: U,
+        cf: Framer,
+        domain: &str,
+        conn_id: u64,
+        client_prefixes: Vec<(String, String)>,
+        shared: &'a Shared,
+    ) -> Self {
+        Relay {
+            client,
+            upstream,
+            cf,
+            sf: Framer::new(shared.max_stanza_size),
+            policy: Policy::new(
+                domain,
+                &format!("veil{:x}{conn_id:x}", nanos() & 0xffff_ffff),
+            ),
+            client_prefixes,
+            server_prefixes: vec![("stream".into(), NS_STREAMS.into())],
+            to_client: Vec::new(),
+            to_server: Vec::new(),
+            actions: Vec::new(),
+            counters: Counters::new(),
+            hidden: false,
+            jid_known: false,
+            shared,
+        }
+    }
+
+    async fn run(mut self, client_header: Bytes) {
+        self.to_server.extend_from_slice(&client_header);
+        // Anything the client sent right after its header is already in the framer.
+        let mut end = self.client_frames().err();
+        if end.is_none() {
+            end = self.flush().await.err();
+        }
+        let end = match end {
+            Some(end) => end,
+            None => self.pump().await,
+        };
+        self.finish(end).await;
+    }
+
+    async fn pump(&mut self) -> End {
+        loop {
+            let shutdown = self.shared.shutdown.clone();
+            reserve(self.cf.buffer_mut());
+            reserve(self.sf.buffer_mut());
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                r = self.client.read_buf(self.cf.buffer_mut()) => match r {
+                    Ok(0) | Err(_) => Err(End::ClientGone),
+                    Ok(n) => {
+                        self.counters.bytes_c2s.increment(n as u64);
+                        self.client_frames()
+                    }
+                },
+                r = self.upstream.read_buf(self.sf.buffer_mut()) => match r {
+                    Ok(0) => Err(End::ServerGone("the server closed the connection".into())),
+                    Err(e) => Err(End::ServerGone(format!("read: {e}"))),
+                    Ok(n) => {
+                        self.counters.bytes_s2c.increment(n as u64);
+                        self.server_frames()
+                    }
+                },
+            };
+            // Whatever was decided before an end is still written (e.g. a stream error relayed).
+            let flushed = self.flush().await;
+            if let Err(end) = result.and(flushed) {
+                return end;
+            }
+        }
+    }
+
+    /// Handles every complete frame from the client.
+    fn client_frames(&mut self) -> Result<(), End> {
+        loop {
+            let frame = match self.cf.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::ClientError(e.condition(), e.to_string())),
+            };
+            match frame {
+                Frame::Whitespace(raw) => self.to_server.extend_from_slice(&raw),
+                Frame::StreamHeader(raw) => {
+                    let header = StreamHeader::parse(&raw)
+                        .and_then(|h| h.check_client_namespace().map(|()| h))
+                        .map_err(client_error)?;
+                    self.client_prefixes = header.prefixes;
+                    self.to_server.extend_from_slice(&raw);
+                }
+                Frame::StreamEnd(_) => return Err(End::ClientClosed),
+                Frame::Element { raw, kind } => {
+                    self.counters.c2s[kind_index(kind)].increment(1);
+                    if kind == ElementKind::Other {
+                        self.client_stream_element(raw)?;
+                    } else {
+                        self.policy
+                            .from_client(&raw, kind, now_secs(), &mut self.actions)
+                            .map_err(violation)?;
+                        self.apply_actions();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Non-stanza elements from the client: SASL passes (never logged); what would take the
+    /// stream out of the proxy's sight is answered by the proxy instead.
+    fn client_stream_element(&mut self, raw: Bytes) -> Result<(), End> {
+        let prefixes: Vec<(&str, &str)> = self
+            .client_prefixes
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect();
+        let element = Element::parse(&raw, NS_CLIENT, &prefixes).map_err(client_error)?;
+        match (element.name.as_str(), element.ns.as_str()) {
+            ("starttls", NS_TLS) => Err(End::ClientError(
+                "policy-violation",
+                "TLS is already established".into(),
+            )),
+            ("compress", "http://jabber.org/protocol/compress") => {
+                self.to_client.extend_from_slice(
+                    b"<failure xmlns='http://jabber.org/protocol/compress'><setup-failed/></failure>",
+                );
+                Ok(())
+            }
+            ("enable" | "resume", ns @ ("urn:xmpp:sm:2" | "urn:xmpp:sm:3")) => {
+                self.to_client.extend_from_slice(
+                    format!(
+                        "<failed xmlns='{ns}'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+                    )
+                    .as_bytes(),
+                );
+                Ok(())
+            }
+            // Acks of a stream management the proxy did not let the client enable.
+            ("r" | "a", "urn:xmpp:sm:2" | "urn:xmpp:sm:3") => Ok(()),
+            _ => {
+                self.to_server.extend_from_slice(&raw);
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles every complete frame from the server.
+    fn server_frames(&mut self) -> Result<(), End> {
+        loop {
+            let frame = match self.sf.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::ServerGone(format!("the server sent bad XML: {e}"))),
+            };
+            match frame {
+                Frame::Whitespace(raw) => self.to_client.extend_from_slice(&raw),
+                Frame::StreamHeader(raw) => {
+                    let header =
+                        StreamHeader::parse(&raw).map_err(|e| End::ServerGone(e.to_string()))?;
+                    self.server_prefixes = header.prefixes;
+                    self.to_client.extend_from_slice(&raw);
+                }
+                Frame::StreamEnd(raw) => {
+                    self.to_client.extend_from_slice(&raw);
+                    return Err(End::ServerClosed);
+                }
+                Frame::Element { raw, kind } => {
+                    self.counters.s2c[kind_index(kind)].increment(1);
+                    if kind == ElementKind::Other {
+                        self.server_stream_element(raw)?;
+                    } else {
+                        if let Err(v) = self.policy.from_server(&raw, kind, &mut self.actions) {
+                            return Err(End::ServerGone(format!(
+                                "unusable stanza from the server: {}",
+                                v.reason
+                            )));
+                        }
+                        self.apply_actions();
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_stream_element(&mut self, raw: Bytes) -> Result<(), End> {
+        let prefixes: Vec<(&str, &str)> = self
+            .server_prefixes
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect();
+        let element = Element::parse(&raw, NS_CLIENT, &prefixes)
+            .map_err(|e| End::ServerGone(e.to_string()))?;
+        match (element.name.as_str(), element.ns.as_str()) {
+            ("features", NS_STREAMS) => match features::rewrite(&raw, &element) {
+                Some(rewritten) => self.to_client.extend_from_slice(&rewritten),
+                None => self.to_client.extend_from_slice(&raw),
+            },
+            ("success", NS_SASL) => {
+                self.to_client.extend_from_slice(&raw);
+                self.sf.reset();
+                self.cf.reset();
+            }
+            ("error", NS_STREAMS) => {
+                let condition = stream_error_condition(&element);
+                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition.clone())
+                    .increment(1);
+                tracing::info!(%condition, "stream error from the server");
+                if condition == "see-other-host" {
+                    // Following the redirect would take the client around the proxy.
+                    self.to_client.extend_from_slice(&stream_error(
+                        "system-shutdown",
+                        "the server is moving; reconnect later",
+                    ));
+                    return Err(End::ServerClosed);
+                }
+                self.to_client.extend_from_slice(&raw);
+            }
+            _ => self.to_client.extend_from_slice(&raw),
+        }
+        Ok(())
+    }
+
+    /// Moves the policy's actions into the write queues; keeps the gauges and the log current.
+    fn apply_actions(&mut self) {
+        for action in self.actions.drain(..) {
+            match action {
+                Action::ToServer(b) => self.to_server.extend_from_slice(&b),
+                Action::ToClient(b) => self.to_client.extend_from_slice(&b),
+            }
+        }
+        let hidden = self.policy.is_hidden();
+        if hidden != self.hidden {
+            self.hidden = hidden;
+            let gauge = metrics::gauge!(m::INVISIBLE_SESSIONS);
+            if hidden {
+                gauge.increment(1.0)
+            } else {
+                gauge.decrement(1.0)
+            }
+            tracing::info!(hidden, "visibility changed");
+        }
+        if !self.jid_known
+            && let Some(jid) = self.policy.jid()
+        {
+            self.jid_known = true;
+            Span::current().record("jid", tracing::field::display(jid));
+            tracing::info!("resource bound");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.to_server.is_empty() {
+            let r = self.upstream.write_all(&self.to_server).await;
+            self.to_server.clear();
+            r.map_err(|e| End::ServerGone(format!("write: {e}")))?;
+        }
+        if !self.to_client.is_empty() {
+            let r = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            r.map_err(|_| End::ClientGone)?;
+        }
+        Ok(())
+    }
+
+    /// Ends both legs in the order that keeps the promise: while the upstream is still open, the
+    /// policy's pending `unavailable`s go out before the proxy closes the stream.
+    async fn finish(mut self, end: End) {
+        let upstream_open = !matches!(end, End::ServerClosed | End::ServerGone(_));
+        match &end {
+            End::ClientError(condition, reason) => {
+                tracing::info!(condition, reason, "client stream error");
+                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => *condition).increment(1);
+                self.to_client
+                    .extend_from_slice(&stream_error(condition, reason));
+            }
+            End::Shutdown => {
+                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "system-shutdown")
+                    .increment(1);
+                self.to_client.extend_from_slice(&stream_error(
+                    "system-shutdown",
+                    "the proxy is shutting down",
+                ));
+            }
+            End::ClientClosed => self.to_client.extend_from_slice(b"</stream:stream>"),
+            End::ClientGone => tracing::info!("client connection lost"),
+            End::ServerClosed => tracing::info!("server closed the stream"),
+            End::ServerGone(reason) => {
+                tracing::warn!(reason, "upstream lost");
+                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "remote-connection-failed").increment(1);
+                self.to_client.extend_from_slice(&stream_error(
+                    "remote-connection-failed",
+                    "the connection to the server was lost",
+                ));
+            }
+        }
+        if upstream_open {
+            self.policy.session_end(&mut self.actions);
+            let told = self.actions.len();
+            self.apply_actions();
+            if told > 0 {
+                tracing::info!(told, "unavailable sent for the ending session");
+            }
+            self.to_server.extend_from_slice(b"</stream:stream>");
+        } else if self.policy.shown().next().is_some() {
+            tracing::warn!(
+                entities = self.policy.shown().count(),
+                "upstream gone: entities shown this resource by directed presence cannot be told unavailable"
+            );
+        } else if matches!(end, End::ServerClosed) {
+            self.to_client.extend_from_slice(b"</stream:stream>");
+        }
+        // Best effort from here on: either leg may already be gone.
+        let to_server = std::mem::take(&mut self.to_server);
+        let to_client = std::mem::take(&mut self.to_client);
+        if upstream_open {
+            let _ = self.upstream.write_all(&to_server).await;
+        }
+        if !matches!(end, End::ClientGone) {
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                let _ = self.client.write_all(&to_client).await;
+                let _ = self.client.shutdown().await;
+            })
+            .await;
+        }
+        if upstream_open {
+            // Give the server time to process the unavailables and answer the close.
+            let _ = tokio::time::timeout(
+                CLOSE_GRACE,
+                drain_until_closed(&mut self.upstream, &mut self.sf),
+            )
+            .await;
+            let _ = self.upstream.shutdown().await;
+        }
+        if self.hidden {
+            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
+        }
+        tracing::info!(?end, "session ended");
+    }
+}
+
+/// Reads (and drops) what the server still sends until it closes its stream or the connection.
+async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut Framer) {
+    loop {
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::StreamEnd(_))) | Err(_) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        let buf = framer.buffer_mut();
+        reserve(buf);
+        match upstream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+fn client_error(e: FrameError) -> End {
+    End::ClientError(e.condition(), e.to_string())
+}
+
+fn violation(v: Violation) -> End {
+    End::ClientError(v.condition, v.reason)
+}
+
+fn stream_error_condition(error: &Element) -> String {
+    error
+        .elements()
+        .find(|e| e.ns == crate::stream::errors::NS_STREAM_ERRORS && e.name != "text")
+        .map(|e| e.name.clone())
+        .unwrap_or_else(|| "undefined-condition".into())
+}
+
+fn count_stream_error(raw: &[u8], prefixes: &[(&str, &str)]) {
+    let condition = Element::parse(raw, NS_CLIENT, prefixes)
+        .map(|e| stream_error_condition(&e))
+        .unwrap_or_else(|_| "undefined-condition".into());
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+}
