@@ -240,42 +240,59 @@ pub(crate) fn decode_ref(body: &[u8]) -> Result<char, FrameError> {
 }
 
 /// UTF-8 plus XML 1.0 `Char` production (no C0 controls except TAB/LF/CR, no U+FFFE/U+FFFF;
-/// surrogates cannot appear in valid UTF-8).
+/// surrogates and values past U+10FFFF are rejected as invalid UTF-8).
+///
+/// One pass instead of `str::from_utf8` + a separate character check: `from_utf8` drops to
+/// byte-at-a-time work around every non-ASCII character, which chat text is full of.
 pub(crate) fn check_chars(b: &[u8]) -> Result<(), FrameError> {
-    if std::str::from_utf8(b).is_err() {
-        return Err(nwf("invalid UTF-8"));
-    }
-    const CHUNK: usize = 64;
-    let mut chunks = b.chunks_exact(CHUNK);
-    let mut off = 0;
-    for chunk in chunks.by_ref() {
-        // Branch-free so it vectorizes; the precise check runs only on suspicious chunks.
-        let flag = chunk.iter().fold(false, |acc, &c| {
-            acc | ((c < 0x20) & (c != b'\t') & (c != b'\n') & (c != b'\r')) | (c == 0xEF)
-        });
-        if flag {
-            check_chars_slow(b, off, off + CHUNK)?;
-        }
-        off += CHUNK;
-    }
-    check_chars_slow(b, off, b.len())
-}
-
-fn check_chars_slow(b: &[u8], from: usize, to: usize) -> Result<(), FrameError> {
-    let span = b.get(from..to).unwrap_or_default();
-    for (i, &c) in span.iter().enumerate() {
-        if c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r') {
-            return Err(nwf("illegal character"));
-        }
-        // U+FFFE / U+FFFF are EF BF BE / EF BF BF.
-        if c == 0xEF {
-            let next = b.get(from + i + 1..from + i + 3);
-            if matches!(next, Some([0xBF, 0xBE | 0xBF])) {
-                return Err(nwf("illegal character"));
+    const BLOCK: usize = 32;
+    let mut i = 0;
+    while i < b.len() {
+        // Skip blocks of plain ASCII (0x20..=0x7F, TAB, LF, CR); branch-free so it vectorizes.
+        while let Some(block) = b.get(i..i + BLOCK) {
+            let odd = block.iter().fold(false, |acc, &c| {
+                acc | ((c.wrapping_sub(0x20) >= 0x60) & (c != b'\t') & (c != b'\n') & (c != b'\r'))
+            });
+            if odd {
+                break;
             }
+            i += BLOCK;
+        }
+        // Precise check of one block (or the tail); may run past it by a character.
+        let stop = (i + BLOCK).min(b.len());
+        while i < stop {
+            i = check_char_at(b, i)?;
         }
     }
     Ok(())
+}
+
+/// Validate the character starting at `i`; returns the index after it.
+#[inline]
+fn check_char_at(b: &[u8], i: usize) -> Result<usize, FrameError> {
+    let bad = || nwf("invalid UTF-8");
+    let at = |k: usize| b.get(i + k).copied().unwrap_or(0);
+    let cont = |c: u8| (0x80..=0xBF).contains(&c);
+    let c0 = at(0);
+    let width = match c0 {
+        0x20..=0x7F | b'\t' | b'\n' | b'\r' => 1,
+        0x00..=0x1F => return Err(nwf("illegal character")),
+        0xC2..=0xDF if cont(at(1)) => 2,
+        0xE0 if (0xA0..=0xBF).contains(&at(1)) && cont(at(2)) => 3,
+        0xE1..=0xEC | 0xEE..=0xEF if cont(at(1)) && cont(at(2)) => {
+            // U+FFFE / U+FFFF
+            if c0 == 0xEF && at(1) == 0xBF && at(2) >= 0xBE {
+                return Err(nwf("illegal character"));
+            }
+            3
+        }
+        0xED if (0x80..=0x9F).contains(&at(1)) && cont(at(2)) => 3,
+        0xF0 if (0x90..=0xBF).contains(&at(1)) && cont(at(2)) && cont(at(3)) => 4,
+        0xF1..=0xF3 if cont(at(1)) && cont(at(2)) && cont(at(3)) => 4,
+        0xF4 if (0x80..=0x8F).contains(&at(1)) && cont(at(2)) && cont(at(3)) => 4,
+        _ => return Err(bad()),
+    };
+    Ok(i + width)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1143,6 +1160,23 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
         }
 
         #[test]
+        fn check_chars_matches_reference(
+            data in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'a'), 0x80u8..0xC0, Just(0xEF), Just(0xBF)],
+                0..200,
+            ),
+            prefix in 0usize..70,
+        ) {
+            // Prefix of ASCII so the odd bytes land at every offset of the block scan.
+            let mut input = vec![b'x'; prefix];
+            input.extend_from_slice(&data);
+            let reference = std::str::from_utf8(&input)
+                .map(|s| s.chars().all(|c| is_xml_char(c as u32)))
+                .unwrap_or(false);
+            prop_assert_eq!(check_chars(&input).is_ok(), reference);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300),
                                        split in 0usize..300) {
             let mut input = HDR.as_bytes().to_vec();
@@ -1498,6 +1532,39 @@ xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><presence/>"
         assert!(matches!(got, Some(Frame::Element { raw, .. }) if raw.len() == big.len()));
         // Quadratic rescanning would take minutes here.
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn check_chars_cases() {
+        let long = "a".repeat(100);
+        for ok in [
+            "",
+            "abc\t\r\n",
+            "café 😀 \u{FFFD} \u{10FFFF} \u{E000}",
+            &long,
+        ] {
+            assert_eq!(check_chars(ok.as_bytes()), Ok(()), "{ok:?}");
+            assert_eq!(check_chars(format!("{long}{ok}{long}").as_bytes()), Ok(()));
+        }
+        let bad: [&[u8]; 10] = [
+            b"\0",
+            b"\x1f",
+            b"\xef\xbf\xbe",
+            b"\xef\xbf\xbf",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x82",
+            b"\xff",
+            b"\x80",
+        ];
+        for b in bad {
+            assert!(check_chars(b).is_err(), "{b:?}");
+            let mut padded = long.as_bytes().to_vec();
+            padded.extend_from_slice(b);
+            padded.extend_from_slice(long.as_bytes());
+            assert!(check_chars(&padded).is_err(), "{b:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need: Prosody and ejabberd (Debian packages), without letting
+# the packages start system services on the machine's public ports.
+set -euo pipefail
+missing=()
+command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+command -v ejabberdctl >/dev/null 2>&1 || missing+=(ejabberd)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+created_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  # Exit code 101 tells invoke-rc.d not to start services during the install.
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+trap '[ -n "$created_policy" ] && $sudo rm -f /usr/sbin/policy-rc.d' EXIT
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Packages may still have started a daemon (systemd present): stop it, the tests start their own.
+for svc in prosody ejabberd; do $sudo service "$svc" stop >/dev/null 2>&1 || true; done
