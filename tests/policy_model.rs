@@ -107,7 +107,10 @@ enum Event {
     InvisibleTo18(Target),
     VisibleTo18(Target),
     /// XEP-0186 invisible command, in `urn:xmpp:invisible:0` if `v0`.
-    Invisible186 { probe: bool, v0: bool },
+    Invisible186 {
+        probe: bool,
+        v0: bool,
+    },
     Visible186,
     /// The answer to the proxy's roster query (the server's roster at that moment).
     RosterArrives,
@@ -406,7 +409,8 @@ impl World {
             match a {
                 Action::ToServer(raw) => self.server.receive(raw).map_err(TestCaseError::fail)?,
                 Action::ToClient(raw) => {
-                    let tag = StartTag::parse(raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let tag =
+                        StartTag::parse(raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert!(
                         !(tag.name == "presence"
                             && matches!(tag.attr("type"), Some("invisible" | "visible"))),
@@ -478,8 +482,9 @@ impl World {
                 answered(&out)?;
             }
             Event::Visible186 => {
-                let out =
-                    self.client("<iq type='set' id='c1'><visible xmlns='urn:xmpp:invisible:1'/></iq>")?;
+                let out = self.client(
+                    "<iq type='set' id='c1'><visible xmlns='urn:xmpp:invisible:1'/></iq>",
+                )?;
                 answered(&out)?;
             }
             Event::RosterArrives => {
@@ -565,8 +570,9 @@ impl World {
 /// An XEP-0186 command gets an IQ result.
 fn answered(out: &[Action]) -> Result<(), TestCaseError> {
     let ok = out.iter().any(|a| match a {
-        Action::ToClient(raw) => StartTag::parse(raw)
-            .is_ok_and(|t| t.name == "iq" && t.attr("type") == Some("result")),
+        Action::ToClient(raw) => {
+            StartTag::parse(raw).is_ok_and(|t| t.name == "iq" && t.attr("type") == Some("result"))
+        }
         Action::ToServer(_) => false,
     });
     prop_assert!(ok, "the command was not answered");

@@ -105,7 +105,11 @@ fn sorted(outs: &[Out]) -> Vec<String> {
 }
 
 fn kind_of(xml: &str) -> ElementKind {
-    match StartTag::parse(xml.as_bytes()).expect("test stanza").name.as_str() {
+    match StartTag::parse(xml.as_bytes())
+        .expect("test stanza")
+        .name
+        .as_str()
+    {
         "presence" => ElementKind::Presence,
         "iq" => ElementKind::Iq,
         "message" => ElementKind::Message,
@@ -161,7 +165,11 @@ impl H {
             "the bind result reaches the client, after the proxy's roster query"
         );
         let query = outs[0].el();
-        assert!(query.child("query", NS_ROSTER).is_some(), "{}", outs[0].text());
+        assert!(
+            query.child("query", NS_ROSTER).is_some(),
+            "{}",
+            outs[0].text()
+        );
         assert_eq!(outs[1].raw, Bytes::from(BOUND), "bind result untouched");
         h.roster_id = Some(query.attr("id").expect("query id").to_owned());
         h
@@ -176,7 +184,10 @@ impl H {
 
     /// The answer to the proxy's roster query.
     fn roster_arrives(&mut self, items: &[(&str, &str)]) -> Vec<Out> {
-        let id = self.roster_id.take().expect("a roster query is outstanding");
+        let id = self
+            .roster_id
+            .take()
+            .expect("a roster query is outstanding");
         let outs = self.server(&roster_result(&id, items));
         assert!(
             outs.iter().all(|o| o.dir == Dir::Server),
@@ -189,7 +200,12 @@ impl H {
     fn client(&mut self, xml: &str) -> Vec<Out> {
         let mut out = Vec::new();
         self.p
-            .from_client(&Bytes::from(xml.to_owned()), kind_of(xml), self.now, &mut out)
+            .from_client(
+                &Bytes::from(xml.to_owned()),
+                kind_of(xml),
+                self.now,
+                &mut out,
+            )
             .expect("no violation");
         check(out)
     }
@@ -220,7 +236,10 @@ impl H {
         let mut outs = self.client(xml);
         let reply = outs.pop().expect("an answer");
         assert_eq!(reply.brief(), "client iq type=result", "{}", reply.text());
-        let id = StartTag::parse(xml.as_bytes()).unwrap().attr("id").map(str::to_owned);
+        let id = StartTag::parse(xml.as_bytes())
+            .unwrap()
+            .attr("id")
+            .map(str::to_owned);
         assert_eq!(reply.el().attr("id").map(str::to_owned), id);
         outs
     }
@@ -459,8 +478,9 @@ fn invisible_command_with_a_bad_probe_is_a_bad_request_and_changes_nothing() {
 fn invisible_command_to_another_entity_is_not_ours() {
     let mut h = H::with_roster(MIXED);
     for to in ["bob@foo.com", "joe@foo.com/other", "pubsub.foo.com"] {
-        let xml =
-            format!("<iq type='set' id='c1' to='{to}'><invisible xmlns='urn:xmpp:invisible:1'/></iq>");
+        let xml = format!(
+            "<iq type='set' id='c1' to='{to}'><invisible xmlns='urn:xmpp:invisible:1'/></iq>"
+        );
         let outs = h.client(&xml);
         assert_eq!(outs.len(), 1);
         assert_eq!(outs[0].dir, Dir::Server);
@@ -743,8 +763,7 @@ fn invisible_since_is_the_first_time_and_cleared_by_visible() {
 // ---------------------------------------------------------------------------------------------
 // disco#info
 
-const DISCO_GET: &str =
-    "<iq type='get' to='foo.com' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>";
+const DISCO_GET: &str = "<iq type='get' to='foo.com' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>";
 
 fn disco_result(from: &str, node: Option<&str>, features: &[&str]) -> String {
     let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
@@ -879,7 +898,12 @@ fn directed_presence_to_an_unparsable_jid_is_refused() {
     let mut h = H::with_roster(MIXED);
     h.command(INVISIBLE);
     for to in ["", "a@b@c", "@foo.com", "bob@", "joe@foo.com/"] {
-        for ty in ["", " type='unavailable'", " type='invisible'", " type='visible'"] {
+        for ty in [
+            "",
+            " type='unavailable'",
+            " type='invisible'",
+            " type='visible'",
+        ] {
             let xml = format!("<presence to='{to}'{ty}/>");
             let outs = h.client(&xml);
             assert_eq!(briefs(&outs), ["client presence type=error"], "{xml}");

@@ -166,7 +166,7 @@ fn skip_ws(buf: &[u8], pos: usize) -> usize {
 
 /// Part of a qualified name after the prefix.
 pub(crate) fn local_name(qname: &[u8]) -> &[u8] {
-    match memchr::memchr(b':', qname) {
+    match qname.iter().position(|&c| c == b':') {
         Some(i) => qname.get(i + 1..).unwrap_or_default(),
         None => qname,
     }
@@ -178,13 +178,13 @@ fn check_qname(name: &[u8]) -> Result<(), FrameError> {
     if !is_name_start(first) {
         return Err(nwf("invalid name"));
     }
-    if let Some(i) = memchr::memchr(b':', name) {
+    if let Some(i) = name.iter().position(|&c| c == b':') {
         let local = name.get(i + 1..).unwrap_or_default();
         let ok = i > 0
             && local
                 .first()
                 .is_some_and(|&c| is_name_start(c) && c != b':')
-            && memchr::memchr(b':', local).is_none();
+            && !local.contains(&b':');
         if !ok {
             return Err(nwf("invalid qualified name"));
         }
@@ -245,24 +245,26 @@ pub(crate) fn decode_ref(body: &[u8]) -> Result<char, FrameError> {
 /// One pass instead of `str::from_utf8` + a separate character check: `from_utf8` drops to
 /// byte-at-a-time work around every non-ASCII character, which chat text is full of.
 pub(crate) fn check_chars(b: &[u8]) -> Result<(), FrameError> {
-    const BLOCK: usize = 32;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const SPACES: u64 = 0x2020_2020_2020_2020;
     let mut i = 0;
     while i < b.len() {
-        // Skip blocks of plain ASCII (0x20..=0x7F, TAB, LF, CR); branch-free so it vectorizes.
-        while let Some(block) = b.get(i..i + BLOCK) {
-            let odd = block.iter().fold(false, |acc, &c| {
-                acc | ((c.wrapping_sub(0x20) >= 0x60) & (c != b'\t') & (c != b'\n') & (c != b'\r'))
-            });
-            if odd {
+        // Skip plain ASCII a word at a time. The mask flags bytes >= 0x80 and bytes < 0x20
+        // (TAB/LF/CR included); borrows can only add false flags above a true one, so the
+        // lowest flag is exact.
+        while let Some(word) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+            let w = u64::from_le_bytes(*word);
+            let odd = (w | (w.wrapping_sub(SPACES) & !w)) & HI;
+            if odd != 0 {
+                i += (odd.trailing_zeros() / 8) as usize;
                 break;
             }
-            i += BLOCK;
+            i += 8;
         }
-        // Precise check of one block (or the tail); may run past it by a character.
-        let stop = (i + BLOCK).min(b.len());
-        while i < stop {
-            i = check_char_at(b, i)?;
+        if i >= b.len() {
+            break;
         }
+        i = check_char_at(b, i)?;
     }
     Ok(())
 }
@@ -1004,7 +1006,7 @@ fn stream_root_qname(tag: &[u8]) -> Result<Vec<u8>, FrameError> {
     if local_name(qname) != b"stream" {
         return Err(FrameError::InvalidNamespace("stream element name"));
     }
-    let decl: Vec<u8> = match memchr::memchr(b':', qname) {
+    let decl: Vec<u8> = match qname.iter().position(|&c| c == b':') {
         Some(i) => [b"xmlns:", qname.get(..i).unwrap_or_default()].concat(),
         None => b"xmlns".to_vec(),
     };

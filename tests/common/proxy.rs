@@ -31,9 +31,10 @@ pub async fn start(upstream: SocketAddr, upstream_tls: &str, extra: &[&str]) -> 
         upstream_tls,
         "--upstream-ca",
         ca,
-        "--upstream-connect-timeout",
-        "5",
     ];
+    if !extra.contains(&"--upstream-connect-timeout") {
+        args.extend_from_slice(&["--upstream-connect-timeout", "5"]);
+    }
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).expect("test proxy flags");
     let proxy = Proxy::start(&config).await.expect("proxy starts");
