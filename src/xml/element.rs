@@ -545,6 +545,36 @@ mod tests {
     }
 
     #[test]
+    fn parses_framer_output() {
+        use crate::xml::{Frame, Framer};
+        let mut f = Framer::new(1 << 16);
+        f.extend(
+            b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>\
+<message type='chat' note='a > b'><body>x &amp; y<![CDATA[ <z> ]]></body></message>\
+<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        let mut parsed = Vec::new();
+        while let Ok(Some(fr)) = f.next_frame() {
+            if let Frame::Element { raw, .. } = fr {
+                parsed.push(parse(std::str::from_utf8(&raw).expect("utf8")).expect("parse"));
+            }
+        }
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].attr("note"), Some("a > b"));
+        assert_eq!(
+            parsed[0]
+                .child("body", CLIENT)
+                .map(Element::text)
+                .as_deref(),
+            Some("x & y <z> ")
+        );
+        assert_eq!(
+            (parsed[1].name.as_str(), parsed[1].ns.as_str()),
+            ("error", STREAMS_NS)
+        );
+    }
+
+    #[test]
     fn builders() {
         let mut e = Element::new("iq", CLIENT)
             .with_attr("type", "set")

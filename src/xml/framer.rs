@@ -914,7 +914,9 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
-    /// The receive buffer, for reading straight into it. Only append to it.
+    /// The receive buffer, for reading straight into it (`read_buf`). Only append to it, and call
+    /// [`next_frame`](Self::next_frame) after every read: it fails with `TooLarge` as soon as an
+    /// incomplete frame exceeds `max_element`, which is what bounds the buffer.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
@@ -1282,6 +1284,32 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
             err_of(format!("{HDR}</stream:stream><iq/>").as_bytes()),
             nwf("data after stream end")
         );
+    }
+
+    #[test]
+    fn specific_errors() {
+        assert_eq!(body_err("hello"), nwf("text at stream level"));
+        assert_eq!(body_err(" \n x"), nwf("text at stream level"));
+        assert_eq!(body_err("&amp;"), nwf("text at stream level"));
+        assert_eq!(body_err("<a><b></a></b>"), nwf("mismatched close tag"));
+        assert_eq!(body_err("<a></b>"), nwf("mismatched close tag"));
+        assert_eq!(body_err("<a x='1<2'/>"), nwf("'<' in attribute value"));
+        assert_eq!(body_err("<a x=\"<\"/>"), nwf("'<' in attribute value"));
+        assert_eq!(
+            body_err("</iq>"),
+            nwf("unexpected close tag at stream level")
+        );
+        assert_eq!(body_err("<a>x & y</a>"), nwf("bare '&'"));
+        assert_eq!(body_err("<a x='&'/>"), nwf("bare '&'"));
+        assert_eq!(
+            body_err("<a>&#x1;</a>"),
+            nwf("character reference to an illegal character")
+        );
+        assert_eq!(
+            body_err(&format!("<a>&#{};</a>", "0".repeat(40))),
+            nwf("reference too long")
+        );
+        assert_eq!(body_err("<a\0/>"), nwf("invalid character in tag"));
     }
 
     #[test]
