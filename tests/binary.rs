@@ -1,0 +1,174 @@
+//! The released binary as an operator runs it: flags from the environment, the Prometheus
+//! endpoint, and a graceful shutdown on SIGTERM that keeps the invisibility promise.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::client::{Client, Opts, befriend};
+use common::servers::{Kind, Server, ServerOpts, free_ports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + T;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "xmpp-veil did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut out))
+        .await
+        .expect("scrape")
+        .unwrap();
+    out
+}
+
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (name, v) = l.rsplit_once(' ')?;
+        (name == series).then(|| v.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_flags_metrics_and_sigterm() {
+    let server = Server::start(ServerOpts {
+        kind: Kind::Prosody,
+        users: vec![("joe", "joe-pw"), ("stpeter", "stpeter-pw")],
+        require_tls: false,
+    });
+    befriend(
+        server.c2s_addr(),
+        ("joe", "joe-pw"),
+        ("stpeter", "stpeter-pw"),
+        true,
+        &Opts::new("setup"),
+    )
+    .await;
+    let ports = free_ports(3);
+    let proxy = Running(
+        Command::new(env!("CARGO_BIN_EXE_xmpp-veil"))
+            .env("XMPP_VEIL_LISTEN", format!("127.0.0.1:{}", ports[0]))
+            .env(
+                "XMPP_VEIL_LISTEN_DIRECT_TLS",
+                format!("127.0.0.1:{}", ports[1]),
+            )
+            .env(
+                "XMPP_VEIL_METRICS_LISTEN",
+                format!("127.0.0.1:{}", ports[2]),
+            )
+            .env("XMPP_VEIL_UPSTREAM", server.c2s_addr().to_string())
+            .env("XMPP_VEIL_UPSTREAM_TLS", "plain")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn xmpp-veil"),
+    );
+    wait_listening(ports[0]).await;
+    wait_listening(ports[2]).await;
+
+    let st = Client::connect(
+        server.c2s_addr(),
+        "stpeter",
+        "stpeter-pw",
+        Opts::new("obs").initial_presence(true),
+    )
+    .await
+    .expect("stpeter");
+    let joe = Client::connect(
+        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+        "joe",
+        "joe-pw",
+        Opts::new("p"),
+    )
+    .await
+    .expect("joe through the binary");
+    let r = joe
+        .iq(
+            "<iq type='set' id='i'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
+            "i",
+            T,
+        )
+        .await;
+    assert_eq!(r.type_(), Some("result"));
+    joe.send("<presence to='stpeter@localhost'/>").await;
+    st.wait_for("joe's directed presence", T, |s| {
+        s.is_available_from(&joe.jid)
+    })
+    .await;
+
+    let m = scrape(ports[2]).await;
+    for series in [
+        "xmpp_veil_connections_total",
+        "xmpp_veil_connections_active",
+        "xmpp_veil_invisible_sessions",
+        "xmpp_veil_invisibility_commands_total{protocol=\"xep0186\",command=\"invisible\"}",
+        "xmpp_veil_stanzas_total{direction=\"c2s\",kind=\"iq\"}",
+        "xmpp_veil_stanzas_total{direction=\"s2c\",kind=\"iq\"}",
+        "xmpp_veil_bytes_total{direction=\"c2s\"}",
+        "xmpp_veil_bytes_total{direction=\"s2c\"}",
+        "xmpp_veil_upstream_connect_seconds_count",
+    ] {
+        assert!(
+            value(&m, series).is_some_and(|v| v >= 1.0),
+            "{series} missing or zero in:\n{m}"
+        );
+    }
+    assert_eq!(value(&m, "xmpp_veil_invisible_sessions"), Some(1.0), "{m}");
+
+    // SIGTERM: joe gets system-shutdown, stpeter is told unavailable, the process exits in time.
+    let mark = st.mark();
+    let started = Instant::now();
+    let pid = proxy.0.id() as i32;
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let e = joe
+        .wait_for("system-shutdown", T, |s| s.is_stream_error())
+        .await;
+    assert_eq!(e.error_condition(), Some("system-shutdown"), "{}", e.raw);
+    st.wait_for_since(mark, "joe's unavailable at shutdown", T, |s| {
+        s.is_unavailable_from(&joe.jid)
+    })
+    .await;
+    let mut proxy = proxy;
+    let status = loop {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "xmpp-veil still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    eprintln!("shutdown took {:?}", started.elapsed());
+}
