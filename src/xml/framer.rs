@@ -18,6 +18,8 @@
 //! - Elements nested deeper than [`MAX_DEPTH`] are `NotWellFormed` (keeps every later consumer,
 //!   including recursive drops of parsed trees, safe).
 //! - An XML declaration is accepted once, before the root, even after leading whitespace.
+//! - Duplicate attributes are not detected here; `StartTag::parse` and `Element::parse` reject
+//!   them, and the stream root is checked with the same start-tag parser.
 
 use std::fmt;
 use std::ops::Range;
