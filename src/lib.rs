@@ -11,6 +11,7 @@
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod resume;
 pub mod server;
 pub mod session;
 pub mod stream;

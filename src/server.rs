@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics as m;
+use crate::resume::ResumeStore;
 use crate::session::{self, Shared};
 use crate::stream::client::negotiate_starttls;
 use crate::stream::upstream::UpstreamConfig;
@@ -51,6 +52,7 @@ impl Proxy {
             connect_timeout: config.upstream_connect_timeout(),
             max_stanza_size: config.max_stanza_size(),
             shutdown: shutdown.clone(),
+            resume: ResumeStore::default(),
         });
         let acceptor = TlsAcceptor::from(server_tls);
         let tracker = TaskTracker::new();

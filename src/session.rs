@@ -16,14 +16,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::metrics as m;
 use crate::policy::{Action, Policy, Violation};
+use crate::resume::{DEFAULT_KEEP, Detached, ResumeStore};
 use crate::stream::errors::{NS_STREAMS, client_stream_header, stream_error};
+use crate::stream::sm::{Counter as SmCounter, NS_SM2, NS_SM3};
 use crate::stream::upstream::{self, Upstream, UpstreamConfig};
 use crate::stream::{NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element};
+use crate::xml::element::{remove_start_tag_attr, set_start_tag_attr};
 use crate::xml::{Element, ElementKind, Frame, FrameError, Framer};
 
 /// What every session shares.
@@ -32,6 +36,7 @@ pub struct Shared {
     pub connect_timeout: Duration,
     pub max_stanza_size: usize,
     pub shutdown: CancellationToken,
+    pub resume: ResumeStore,
 }
 
 /// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
@@ -182,6 +187,51 @@ enum End {
     ServerGone(String),
     /// The proxy is shutting down.
     Shutdown,
+    /// The client resumed this stream on another connection, which asks for the state.
+    TakenOver(oneshot::Sender<Detached>),
+}
+
+/// Stream management (XEP-0198) of this session, once the client enabled it.
+#[derive(Debug)]
+struct Sm {
+    ns: &'static str,
+    /// Set when the server enabled resumption.
+    id: Option<String>,
+    keep: Duration,
+    c2s: SmCounter,
+    s2c: SmCounter,
+}
+
+impl Sm {
+    fn new(ns: &'static str) -> Self {
+        Sm {
+            ns,
+            id: None,
+            keep: DEFAULT_KEEP,
+            c2s: SmCounter::default(),
+            s2c: SmCounter::default(),
+        }
+    }
+}
+
+/// Where the policy's actions came from, for the stream-management counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// One stanza from the client.
+    Client,
+    /// One stanza from the server.
+    Server,
+    /// The proxy itself (session end, resumption).
+    Proxy,
+}
+
+/// A `<resume/>` from the client, handled between two reads because it may have to wait for
+/// the live session that holds the state.
+struct ResumeRequest {
+    previd: String,
+    h: u32,
+    ns: &'static str,
+    raw: Bytes,
 }
 
 /// Per-session handles of the hot-path counters (one registry lookup per session, not per stanza).
@@ -231,6 +281,14 @@ struct Relay<'a, C, U> {
     counters: Counters,
     hidden: bool,
     jid_known: bool,
+    /// SASL succeeded on this connection (a `<resume/>` is only taken after it).
+    authenticated: bool,
+    sm: Option<Sm>,
+    resume_request: Option<ResumeRequest>,
+    /// A resumption forwarded to the server, with the state it will continue with.
+    pending_resume: Option<(String, Detached, u32)>,
+    /// Takeover requests from a connection that resumes this session.
+    takeover: Option<mpsc::Receiver<oneshot::Sender<Detached>>>,
     shared: &'a Shared,
 }
 
@@ -265,6 +323,11 @@ where
             counters: Counters::new(),
             hidden: false,
             jid_known: false,
+            authenticated: false,
+            sm: None,
+            resume_request: None,
+            pending_resume: None,
+            takeover: None,
             shared,
         }
     }
@@ -290,6 +353,7 @@ where
             reserve(self.sf.buffer_mut());
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Shutdown),
+                request = takeover_request(&mut self.takeover) => Err(End::TakenOver(request)),
                 r = self.client.read_buf(self.cf.buffer_mut()) => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
@@ -307,8 +371,14 @@ where
                 },
             };
             // Whatever was decided before an end is still written (e.g. a stream error relayed).
-            let flushed = self.flush().await;
-            if let Err(end) = result.and(flushed) {
+            let mut result = result.and(self.flush().await);
+            while result.is_ok()
+                && let Some(request) = self.resume_request.take()
+            {
+                self.start_resume(request).await;
+                result = self.client_frames().and(self.flush().await);
+            }
+            if let Err(end) = result {
                 return end;
             }
         }
@@ -316,7 +386,7 @@ where
 
     /// Handles every complete frame from the client.
     fn client_frames(&mut self) -> Result<(), End> {
-        loop {
+        while self.resume_request.is_none() {
             let frame = match self.cf.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -340,11 +410,12 @@ where
                         self.policy
                             .from_client(&raw, kind, now_secs(), &mut self.actions)
                             .map_err(violation)?;
-                        self.apply_actions();
+                        self.apply_actions(Origin::Client)?;
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Non-stanza elements from the client: SASL passes (never logged); what would take the
@@ -367,22 +438,123 @@ where
                 );
                 Ok(())
             }
-            ("enable" | "resume", ns @ ("urn:xmpp:sm:2" | "urn:xmpp:sm:3")) => {
-                self.to_client.extend_from_slice(
-                    format!(
-                        "<failed xmlns='{ns}'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
-                    )
-                    .as_bytes(),
-                );
+            ("enable", ns @ (NS_SM2 | NS_SM3)) => {
+                self.to_server.extend_from_slice(&raw);
+                // The server counts the client's stanzas from here on.
+                let sm = self.sm.get_or_insert_with(|| Sm::new(static_ns(ns)));
+                sm.c2s.enable();
                 Ok(())
             }
-            // Acks of a stream management the proxy did not let the client enable.
-            ("r" | "a", "urn:xmpp:sm:2" | "urn:xmpp:sm:3") => Ok(()),
+            ("resume", ns @ (NS_SM2 | NS_SM3)) => {
+                let previd = element.attr("previd").unwrap_or_default().to_owned();
+                let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
+                match h {
+                    Some(h) if self.authenticated && !previd.is_empty() => {
+                        self.resume_request = Some(ResumeRequest {
+                            previd,
+                            h,
+                            ns: static_ns(ns),
+                            raw,
+                        });
+                    }
+                    _ => self.refuse_resume(static_ns(ns), "unexpected-request"),
+                }
+                Ok(())
+            }
+            ("a", NS_SM2 | NS_SM3) => {
+                // The client's count of what it received, as the server must see it.
+                if let Some(sm) = self.sm.as_mut().filter(|sm| sm.s2c.is_enabled()) {
+                    let h = element
+                        .attr("h")
+                        .and_then(|h| h.parse::<u32>().ok())
+                        .unwrap_or(0);
+                    let mapped = sm.s2c.ack(h);
+                    self.to_server.extend_from_slice(&with_h(&raw, mapped)?);
+                }
+                Ok(())
+            }
+            ("r", NS_SM2 | NS_SM3) => {
+                if self.sm.is_some() {
+                    self.to_server.extend_from_slice(&raw);
+                }
+                Ok(())
+            }
             _ => {
                 self.to_server.extend_from_slice(&raw);
                 Ok(())
             }
         }
+    }
+
+    /// The proxy answers a `<resume/>` itself: it does not hold that session's state, so it
+    /// will not let the client continue a stream whose invisibility it does not know.
+    fn refuse_resume(&mut self, ns: &str, condition: &str) {
+        metrics::counter!(m::SM_RESUMPTIONS, "result" => "failed").increment(1);
+        tracing::info!(condition, "resumption refused by the proxy");
+        self.to_client.extend_from_slice(
+            format!(
+                "<failed xmlns='{ns}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+            )
+            .as_bytes(),
+        );
+    }
+
+    /// Looks up the state of the session to resume (asking its live connection if needed) and,
+    /// if the proxy holds it, forwards the `<resume/>` with the count the server must see.
+    async fn start_resume(&mut self, request: ResumeRequest) {
+        let Some(state) = self.shared.resume.take(&request.previd).await else {
+            self.refuse_resume(request.ns, "item-not-found");
+            return;
+        };
+        let h = state.s2c.peek_ack(request.h);
+        match set_start_tag_attr(&request.raw, "h", &h.to_string()) {
+            Ok(rewritten) => {
+                self.to_server.extend_from_slice(&rewritten);
+                self.pending_resume = Some((request.previd, state, request.h));
+            }
+            Err(_) => {
+                self.shared.resume.put(&request.previd, state);
+                self.refuse_resume(request.ns, "bad-request");
+            }
+        }
+    }
+
+    /// The server resumed the stream: this connection continues the detached session.
+    fn resumed(&mut self, raw: &Bytes, element: &Element) -> Result<(), End> {
+        let Some((id, mut state, client_h)) = self.pending_resume.take() else {
+            return Err(End::ServerGone("<resumed/> without a resumption".into()));
+        };
+        let server_h = element
+            .attr("h")
+            .and_then(|h| h.parse::<u32>().ok())
+            .unwrap_or(0);
+        let client_count = state.c2s.peek_ack(server_h);
+        state.c2s.rebase(server_h);
+        let lost = state.s2c.rebase(client_h);
+        self.to_client
+            .extend_from_slice(&with_h(raw, client_count)?);
+        let was_hidden = std::mem::replace(&mut self.hidden, false);
+        if was_hidden {
+            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
+        }
+        self.policy = state.policy;
+        self.jid_known = false;
+        self.takeover = Some(self.shared.resume.register_live(&id));
+        let mut sm = Sm::new(state.ns);
+        sm.id = Some(id);
+        sm.keep = state.keep;
+        sm.c2s = state.c2s;
+        sm.s2c = state.s2c;
+        self.sm = Some(sm);
+        // Answers of the proxy's own that the client had not received before the break.
+        for stanza in lost {
+            self.actions.push(Action::ToClient(stanza));
+        }
+        self.policy.resumed(&mut self.actions);
+        self.apply_actions(Origin::Proxy)?;
+        metrics::counter!(m::SM_RESUMPTIONS, "result" => "ok").increment(1);
+        tracing::info!(client_h, server_h, "stream resumed");
+        Ok(())
     }
 
     /// Handles every complete frame from the server.
@@ -416,7 +588,7 @@ where
                                 v.reason
                             )));
                         }
-                        self.apply_actions();
+                        self.apply_actions(Origin::Server)?;
                     }
                 }
             }
@@ -440,7 +612,49 @@ where
                 self.to_client.extend_from_slice(&raw);
                 self.sf.reset();
                 self.cf.reset();
+                self.authenticated = true;
             }
+            ("enabled", NS_SM2 | NS_SM3) => {
+                // `location` would send a resuming client around the proxy.
+                let rewritten = remove_start_tag_attr(&raw, "location")
+                    .map_err(|e| End::ServerGone(e.to_string()))?;
+                self.to_client.extend_from_slice(&rewritten);
+                let sm = self
+                    .sm
+                    .get_or_insert_with(|| Sm::new(static_ns(&element.ns)));
+                sm.s2c.enable();
+                if let Some(max) = element.attr("max").and_then(|m| m.parse::<u64>().ok()) {
+                    sm.keep = Duration::from_secs(max);
+                }
+                let resumable = matches!(element.attr("resume"), Some("true" | "1"));
+                if let (true, Some(id)) = (resumable, element.attr("id")) {
+                    sm.id = Some(id.to_owned());
+                    self.takeover = Some(self.shared.resume.register_live(id));
+                }
+            }
+            ("resumed", NS_SM2 | NS_SM3) => self.resumed(&raw, &element)?,
+            ("failed", NS_SM2 | NS_SM3) => {
+                if let Some((id, state, _)) = self.pending_resume.take() {
+                    // Refused by the server (expired, or not this user's): the state stays for
+                    // its rightful owner until it expires.
+                    self.shared.resume.put(&id, state);
+                    metrics::counter!(m::SM_RESUMPTIONS, "result" => "failed").increment(1);
+                } else {
+                    self.sm = None;
+                }
+                self.to_client.extend_from_slice(&raw);
+            }
+            ("a", NS_SM2 | NS_SM3) => match self.sm.as_mut().filter(|sm| sm.c2s.is_enabled()) {
+                Some(sm) => {
+                    let h = element
+                        .attr("h")
+                        .and_then(|h| h.parse::<u32>().ok())
+                        .unwrap_or(0);
+                    let mapped = sm.c2s.ack(h);
+                    self.to_client.extend_from_slice(&with_h(&raw, mapped)?);
+                }
+                None => self.to_client.extend_from_slice(&raw),
+            },
             ("error", NS_STREAMS) => {
                 let condition = stream_error_condition(&element);
                 metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition.clone())
@@ -461,12 +675,44 @@ where
         Ok(())
     }
 
-    /// Moves the policy's actions into the write queues; keeps the gauges and the log current.
-    fn apply_actions(&mut self) {
+    /// Moves the policy's actions into the write queues, counts them for stream management,
+    /// and keeps the gauges and the log current.
+    fn apply_actions(&mut self, origin: Origin) -> Result<(), End> {
+        let (mut to_server, mut to_client) = (0u64, 0u64);
         for action in self.actions.drain(..) {
             match action {
-                Action::ToServer(b) => self.to_server.extend_from_slice(&b),
-                Action::ToClient(b) => self.to_client.extend_from_slice(&b),
+                Action::ToServer(b) => {
+                    to_server += 1;
+                    self.to_server.extend_from_slice(&b);
+                }
+                Action::ToClient(b) => {
+                    to_client += 1;
+                    self.to_client.extend_from_slice(&b);
+                    // The proxy's own answers are its to deliver again after a resumption.
+                    if origin != Origin::Server
+                        && let Some(sm) = self.sm.as_mut()
+                    {
+                        let (_, out) = sm.s2c.totals();
+                        sm.s2c.remember_injected(out + to_client, b);
+                    }
+                }
+            }
+        }
+        if let Some(sm) = self.sm.as_mut() {
+            let (from_client, from_server) = match origin {
+                Origin::Client => (1, 0),
+                Origin::Server => (0, 1),
+                Origin::Proxy => (0, 0),
+            };
+            let counted = sm
+                .c2s
+                .record(from_client, to_server)
+                .and(sm.s2c.record(from_server, to_client));
+            if counted.is_err() {
+                return Err(End::ClientError(
+                    "resource-constraint",
+                    "too many unacknowledged stanzas".into(),
+                ));
             }
         }
         let hidden = self.policy.is_hidden();
@@ -487,6 +733,7 @@ where
             Span::current().record("jid", tracing::field::display(jid));
             tracing::info!("resource bound");
         }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -507,6 +754,13 @@ where
     /// policy's pending `unavailable`s go out before the proxy closes the stream.
     async fn finish(mut self, end: End) {
         let upstream_open = !matches!(end, End::ServerClosed | End::ServerGone(_));
+        let resumable = self.sm.as_ref().is_some_and(|sm| sm.id.is_some());
+        if upstream_open && resumable && matches!(end, End::ClientGone | End::TakenOver(_)) {
+            return self.detach(end).await;
+        }
+        if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.as_deref()) {
+            self.shared.resume.forget(id);
+        }
         match &end {
             End::ClientError(condition, reason) => {
                 tracing::info!(condition, reason, "client stream error");
@@ -523,7 +777,7 @@ where
                 ));
             }
             End::ClientClosed => self.to_client.extend_from_slice(b"</stream:stream>"),
-            End::ClientGone => tracing::info!("client connection lost"),
+            End::ClientGone | End::TakenOver(_) => tracing::info!("client connection lost"),
             End::ServerClosed => tracing::info!("server closed the stream"),
             End::ServerGone(reason) => {
                 tracing::warn!(reason, "upstream lost");
@@ -537,7 +791,7 @@ where
         if upstream_open {
             self.policy.session_end(&mut self.actions);
             let told = self.actions.len();
-            self.apply_actions();
+            let _ = self.apply_actions(Origin::Proxy);
             if told > 0 {
                 tracing::info!(told, "unavailable sent for the ending session");
             }
@@ -556,7 +810,7 @@ where
         if upstream_open {
             let _ = self.upstream.write_all(&to_server).await;
         }
-        if !matches!(end, End::ClientGone) {
+        if !matches!(end, End::ClientGone | End::TakenOver(_)) {
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 let _ = self.client.write_all(&to_client).await;
                 let _ = self.client.shutdown().await;
@@ -577,6 +831,88 @@ where
         }
         tracing::info!(?end, "session ended");
     }
+}
+
+impl<C, U> Relay<'_, C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The client's connection is gone but its stream may be resumed: the entities only the
+    /// proxy would tell get `unavailable` now, the upstream connection is dropped WITHOUT a
+    /// stream close (so the server keeps the session for resumption), and the state waits for
+    /// the resuming connection.
+    async fn detach(mut self, end: End) {
+        self.policy.detach(&mut self.actions);
+        let told = self.actions.len();
+        let _ = self.apply_actions(Origin::Proxy);
+        let to_server = std::mem::take(&mut self.to_server);
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.upstream.write_all(&to_server)).await;
+        if self.hidden {
+            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
+        }
+        let Relay {
+            client,
+            upstream,
+            policy,
+            sm,
+            shared,
+            ..
+        } = self;
+        // Dropped, not shut down: no close_notify, no </stream:stream>.
+        drop(upstream);
+        drop(client);
+        let Some(Sm {
+            ns,
+            id: Some(id),
+            keep,
+            c2s,
+            s2c,
+        }) = sm
+        else {
+            return;
+        };
+        let state = Detached {
+            policy,
+            c2s,
+            s2c,
+            ns,
+            keep,
+        };
+        tracing::info!(told, "client gone; stream kept for resumption");
+        match end {
+            End::TakenOver(reply) => {
+                if let Err(state) = reply.send(state) {
+                    shared.resume.put(&id, state);
+                }
+            }
+            _ => shared.resume.put(&id, state),
+        }
+    }
+}
+
+/// Waits for a takeover request; never resolves without a channel.
+async fn takeover_request(
+    rx: &mut Option<mpsc::Receiver<oneshot::Sender<Detached>>>,
+) -> oneshot::Sender<Detached> {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(request) => request,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream-management namespace as a static string (it was matched against one).
+fn static_ns(ns: &str) -> &'static str {
+    if ns == NS_SM2 { NS_SM2 } else { NS_SM3 }
+}
+
+/// An `<a/>` or `<resumed/>` with its `h` replaced.
+fn with_h(raw: &[u8], h: u32) -> Result<Bytes, End> {
+    set_start_tag_attr(raw, "h", &h.to_string())
+        .map_err(|e| End::ServerGone(format!("cannot rewrite h: {e}")))
 }
 
 /// Reads (and drops) what the server still sends until it closes its stream or the connection.

@@ -23,7 +23,7 @@ pub mod roster;
 pub mod xep0018;
 pub mod xep0186;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
@@ -127,8 +127,12 @@ pub struct Policy {
     /// Invariant: never true while `vis.hides_anyone()`.
     server_broadcasting: bool,
     /// Entities that were shown available presence from this resource by a directed presence
-    /// (the client's or the proxy's) and have not been told `unavailable` since.
-    shown: BTreeSet<Jid>,
+    /// (the client's or the proxy's) and have not been told `unavailable` since, with the
+    /// presence they were shown.
+    shown: BTreeMap<Jid, Bytes>,
+    /// Entities told `unavailable` when the client's connection dropped with a resumable
+    /// stream, to be shown their presence again if the stream is resumed.
+    detached: Vec<(Jid, Bytes)>,
     /// Seconds since the epoch when the session went invisible (XEP-0186 rule 8 timestamp).
     invisible_since: Option<u64>,
     probe: bool,
@@ -155,7 +159,8 @@ impl Policy {
             available: false,
             last_presence: None,
             server_broadcasting: false,
-            shown: BTreeSet::new(),
+            shown: BTreeMap::new(),
+            detached: Vec::new(),
             invisible_since: None,
             probe: false,
             fan_out_pending: false,
@@ -183,7 +188,7 @@ impl Policy {
 
     /// Entities currently shown the resource by directed presence (not yet told unavailable).
     pub fn shown(&self) -> impl Iterator<Item = &Jid> {
-        self.shown.iter()
+        self.shown.keys()
     }
 
     pub fn server_broadcasting(&self) -> bool {

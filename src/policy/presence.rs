@@ -48,11 +48,11 @@ pub(super) fn undirected_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<
 }
 
 pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
-    if !p.shown.contains(&to) && p.shown.len() >= MAX_SHOWN {
+    if !p.shown.contains_key(&to) && p.shown.len() >= MAX_SHOWN {
         refuse(raw, "resource-constraint", out);
         return;
     }
-    p.shown.insert(to);
+    p.shown.insert(to, raw.clone());
     out.push(Action::ToServer(raw.clone()));
 }
 
@@ -60,7 +60,7 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &m
     // Unavailable to a bare JID reaches every resource of it.
     if to.resource().is_none() {
         let bare = to.to_bare();
-        p.shown.retain(|e| e.to_bare() != bare);
+        p.shown.retain(|e, _| e.to_bare() != bare);
     } else {
         p.shown.remove(&to);
     }
@@ -75,6 +75,40 @@ impl Policy {
         let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
         tell_unavailable(self, &unavailable, |_| true, out);
         self.available = false;
+    }
+
+    /// The client's connection dropped but its stream may be resumed: the server keeps the
+    /// session (hibernating) and, when that times out, tells the entities it tracks (the
+    /// subscribers it broadcast to, and non-roster recipients of directed presence: measured on
+    /// Prosody and ejabberd). The roster contacts that only the proxy showed the resource to get
+    /// `unavailable` now, and their presence back if the stream is resumed ([`Policy::resumed`]).
+    pub fn detach(&mut self, out: &mut Vec<Action>) {
+        let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+        let server_tracks = |p: &Policy, e: &Jid| {
+            p.server_covers(e)
+                || p.roster
+                    .as_ref()
+                    .is_some_and(|r| r.get(&e.to_bare()).is_none())
+        };
+        let told: Vec<(Jid, Bytes)> = self
+            .shown
+            .iter()
+            .filter(|(e, _)| !server_tracks(self, e))
+            .map(|(e, b)| (e.clone(), b.clone()))
+            .collect();
+        for (entity, _) in &told {
+            push_directed(&unavailable, entity.as_str(), Action::ToServer, out);
+            self.shown.remove(entity);
+        }
+        self.detached = told;
+    }
+
+    /// The stream was resumed: the entities told `unavailable` at the drop see the resource again.
+    pub fn resumed(&mut self, out: &mut Vec<Action>) {
+        for (entity, presence) in std::mem::take(&mut self.detached) {
+            out.push(Action::ToServer(presence.clone()));
+            self.shown.insert(entity, presence);
+        }
     }
 }
 
@@ -111,7 +145,7 @@ pub(super) fn tell_unavailable(
     which: impl Fn(&Jid) -> bool,
     out: &mut Vec<Action>,
 ) {
-    let told: Vec<Jid> = p.shown.iter().filter(|e| which(e)).cloned().collect();
+    let told: Vec<Jid> = p.shown.keys().filter(|e| which(e)).cloned().collect();
     for entity in told {
         if !p.server_covers(&entity) {
             push_directed(raw, entity.as_str(), Action::ToServer, out);
@@ -150,29 +184,35 @@ pub(super) fn fan_out(p: &mut Policy, out: &mut Vec<Action>) {
 
 /// Directed copy of `presence` to one entity, remembered for its `unavailable` later.
 pub(super) fn show_to(p: &mut Policy, presence: &Bytes, to: Jid, out: &mut Vec<Action>) {
-    if !p.shown.contains(&to) && p.shown.len() >= MAX_SHOWN {
+    if !p.shown.contains_key(&to) && p.shown.len() >= MAX_SHOWN {
         tracing::warn!(
             limit = MAX_SHOWN,
             "too many presence recipients; not showing more"
         );
         return;
     }
-    push_directed(presence, to.as_str(), Action::ToServer, out);
-    p.shown.insert(to);
+    if let Some(copy) = push_directed(presence, to.as_str(), Action::ToServer, out) {
+        p.shown.insert(to, copy);
+    }
 }
 
-fn push_directed(raw: &Bytes, to: &str, dir: fn(Bytes) -> Action, out: &mut Vec<Action>) {
+/// Writes a copy of `raw` addressed to `to`; returns the copy.
+fn push_directed(
+    raw: &Bytes,
+    to: &str,
+    dir: fn(Bytes) -> Action,
+    out: &mut Vec<Action>,
+) -> Option<Bytes> {
     match set_start_tag_attr(raw, "to", to) {
-        Ok(copy) => out.push(dir(copy)),
-        // `raw` is either the proxy's own stanza or one the framer accepted; if its start tag
-        // will not take an attribute, a plain stanza says the same thing.
-        Err(_) => {
-            let plain = if raw.windows(11).any(|w| w == b"unavailable") {
-                format!("<presence type='unavailable' to='{}'/>", escape(to))
-            } else {
-                format!("<presence to='{}'/>", escape(to))
-            };
-            out.push(dir(Bytes::from(plain)));
+        Ok(copy) => {
+            out.push(dir(copy.clone()));
+            Some(copy)
+        }
+        // `raw` is the proxy's own stanza or one the framer accepted, so this does not happen;
+        // if it did, nothing is sent (an available presence that cannot be addressed stays here).
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot address a presence copy");
+            None
         }
     }
 }

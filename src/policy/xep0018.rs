@@ -75,7 +75,7 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
         p.invisible_since = None;
         presence::resume_server_broadcast(p, out);
     }
-    let already_sees = p.shown.iter().any(|e| e.to_bare() == contact);
+    let already_sees = p.shown.keys().any(|e| e.to_bare() == contact);
     let contact = Jid::from(contact);
     if p.available && !already_sees && !p.server_covers(&contact) {
         let current = p.current_presence();

@@ -2,9 +2,8 @@
 //!
 //! Removed, because the proxy must see and be able to change every stanza:
 //! - compression (XEP-0138): a compressed stream cannot be filtered;
-//! - stream management (XEP-0198, `sm:2`/`sm:3`): the filter drops and injects stanzas, which
-//!   would break the counters (until stream management is handled by the proxy);
-//! - SASL2/Bind2 (XEP-0388/0386): they can enable stream management and bind inline;
+//! - SASL2/Bind2 (XEP-0388/0386): they can enable stream management and bind inline, out of
+//!   the proxy's sight (stream management itself is offered: see [`super::sm`]);
 //! - STARTTLS: the client leg is already TLS, terminated by the proxy;
 //! - SCRAM `-PLUS` mechanisms and `<sasl-channel-binding/>`: the channel binding of the
 //!   client's TLS session is not the server's, so channel binding cannot cross the proxy;
@@ -21,8 +20,6 @@ use super::errors::NS_STREAMS;
 
 const REMOVED: &[(&str, &str)] = &[
     ("compression", "http://jabber.org/features/compress"),
-    ("sm", "urn:xmpp:sm:2"),
-    ("sm", "urn:xmpp:sm:3"),
     ("authentication", "urn:xmpp:sasl:2"),
     ("bind", "urn:xmpp:bind:0"),
     ("starttls", "urn:ietf:params:xml:ns:xmpp-tls"),
@@ -99,7 +96,7 @@ mod tests {
         let raw = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
             <mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
             <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
-            <sm xmlns='urn:xmpp:sm:3'/><sm xmlns='urn:xmpp:sm:2'/><ver xmlns='urn:xmpp:features:rosterver'/>\
+            <sm xmlns='urn:xmpp:sm:3'/><ver xmlns='urn:xmpp:features:rosterver'/>\
             <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/>\
             <sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>\
             </stream:features>";
@@ -107,7 +104,7 @@ mod tests {
         let text = std::str::from_utf8(&out).unwrap();
         let back = features(text);
         let names: Vec<_> = back.elements().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["mechanisms", "ver"]);
+        assert_eq!(names, ["mechanisms", "sm", "ver"]);
         let mechs: Vec<_> = back
             .child("mechanisms", NS_SASL)
             .unwrap()
