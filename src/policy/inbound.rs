@@ -35,7 +35,10 @@ impl Policy {
         let tag = StartTag::parse(raw)?;
         let id = tag.attr("id").unwrap_or("");
         match tag.attr("type") {
-            Some("result" | "error") if self.roster_query_id.as_deref() == Some(id) => {
+            Some("result" | "error")
+                if self.roster_query_id.as_deref() == Some(id)
+                    && self.from_own_account(tag.attr("from")) =>
+            {
                 self.roster_query_id = None;
                 let iq = Element::parse(raw, NS_CLIENT, &[])?;
                 self.roster_arrived(&iq, out);
@@ -102,34 +105,44 @@ impl Policy {
         }
     }
 
-    fn roster_push(&mut self, iq: &Element, out: &mut Vec<Action>) {
-        // RFC 6121 2.1.6: only the user's own account may push; anything else is not a push.
-        let from_account = match iq.attr("from") {
+    /// RFC 6121 2.1.6: roster results and pushes come from the user's own account (no `from`,
+    /// or the bare JID); anything else is not about the roster.
+    fn from_own_account(&self, from: Option<&str>) -> bool {
+        match from {
             None => true,
             Some(from) => match (Jid::new(from), &self.jid) {
                 (Ok(from), Some(me)) => from.resource().is_none() && from.to_bare() == me.to_bare(),
                 _ => false,
             },
-        };
-        let (true, Some(query), Some(roster)) = (
-            from_account,
-            iq.child("query", NS_ROSTER),
-            self.roster.as_mut(),
-        ) else {
+        }
+    }
+
+    fn roster_push(&mut self, iq: &Element, out: &mut Vec<Action>) {
+        if !self.from_own_account(iq.attr("from")) {
+            return;
+        }
+        let (Some(query), Some(roster)) = (iq.child("query", NS_ROSTER), self.roster.as_mut())
+        else {
             return;
         };
         let changes = roster.apply(query);
-        // A new subscriber who may see the resource of a silent session: the server would have
-        // sent it the current presence on approval; the proxy does it instead.
-        if !self.available || self.server_broadcasting {
+        // While the server broadcasts, it handles subscription changes itself. A silent
+        // session's presence comes from the proxy, so the proxy does what the server would:
+        // a new subscriber who may see the resource gets the current presence, a former one
+        // gets `unavailable` (RFC 6121 3.1.5, 3.2.3).
+        if self.server_broadcasting {
             return;
         }
         let current = self.current_presence();
+        let unavailable = Bytes::from_static(b"<presence type='unavailable'/>");
         for change in changes {
-            let new_subscriber = change.after.is_some_and(|s| s.sees_user())
-                && !change.before.is_some_and(|s| s.sees_user());
-            if new_subscriber && self.vis.may_see(&change.jid) {
-                presence::show_to(self, &current, Jid::from(change.jid), out);
+            let was = change.before.is_some_and(|s| s.sees_user());
+            let is = change.after.is_some_and(|s| s.sees_user());
+            let contact = Jid::from(change.jid.clone());
+            if is && !was && self.available && self.vis.may_see(&change.jid) {
+                presence::show_to(self, &current, contact, out);
+            } else if was && !is {
+                presence::tell_unavailable(self, &unavailable, |e| *e == contact, out);
             }
         }
     }

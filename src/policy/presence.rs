@@ -230,6 +230,15 @@ pub(super) fn refuse(raw: &Bytes, condition: &str, out: &mut Vec<Action>) {
     ))));
 }
 
+/// Tells the client that a presence request about `contact` was not carried out.
+pub(super) fn refuse_note(contact: &BareJid, condition: &str, out: &mut Vec<Action>) {
+    out.push(Action::ToClient(Bytes::from(format!(
+        "<presence type='error' from='{}'><error type='wait'><{condition} \
+         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+        escape(contact.as_str())
+    ))));
+}
+
 impl Policy {
     /// The presence to show: the client's last undirected presence, or plain available.
     pub(super) fn current_presence(&self) -> Bytes {

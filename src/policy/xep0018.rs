@@ -49,6 +49,10 @@ pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
 pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut Vec<Action>) {
     count("invisible");
     if !exception_fits(p, &contact) {
+        // The request cannot be recorded, and it must not be ignored: fail closed by hiding
+        // from everyone, and tell the client.
+        invisible(p, now, out);
+        presence::refuse_note(&contact, "resource-constraint", out);
         return;
     }
     if p.server_broadcasting {
@@ -68,11 +72,14 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
 pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>) {
     count("visible");
     if !exception_fits(p, &contact) {
+        // Not showing is the safe side of a request that cannot be recorded.
+        presence::refuse_note(&contact, "resource-constraint", out);
         return;
     }
     p.vis.set_for(contact.clone(), Mode::Visible);
     if !p.vis.hides_anyone() {
         p.invisible_since = None;
+        p.fan_out_pending = false;
         presence::resume_server_broadcast(p, out);
     }
     let already_sees = p.shown.keys().any(|e| e.to_bare() == contact);

@@ -50,6 +50,7 @@ pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<
     p.vis.set(Mode::Invisible);
     p.invisible_since.get_or_insert(now);
     p.probe = probe;
+    p.probe_pending = false;
     if probe {
         probe_contacts(p, out);
     }
