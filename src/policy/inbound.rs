@@ -37,7 +37,7 @@ impl Policy {
         match tag.attr("type") {
             Some("result" | "error")
                 if self.roster_query_id.as_deref() == Some(id)
-                    && self.from_own_account(tag.attr("from")) =>
+                    && self.is_own_account(tag.attr("from")) =>
             {
                 self.roster_query_id = None;
                 let iq = Element::parse(raw, NS_CLIENT, &[])?;
@@ -107,7 +107,7 @@ impl Policy {
 
     /// RFC 6121 2.1.6: roster results and pushes come from the user's own account (no `from`,
     /// or the bare JID); anything else is not about the roster.
-    fn from_own_account(&self, from: Option<&str>) -> bool {
+    fn is_own_account(&self, from: Option<&str>) -> bool {
         match from {
             None => true,
             Some(from) => match (Jid::new(from), &self.jid) {
@@ -118,7 +118,7 @@ impl Policy {
     }
 
     fn roster_push(&mut self, iq: &Element, out: &mut Vec<Action>) {
-        if !self.from_own_account(iq.attr("from")) {
+        if !self.is_own_account(iq.attr("from")) {
             return;
         }
         let (Some(query), Some(roster)) = (iq.child("query", NS_ROSTER), self.roster.as_mut())
