@@ -83,6 +83,28 @@ pub struct Config {
     #[arg(long, env = "XMPP_VEIL_MAX_STANZA_SIZE", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1024..=(64 << 20)))]
     pub max_stanza_size: u64,
 
+    /// Largest nesting depth of elements inside one top-level element.
+    #[arg(long, env = "XMPP_VEIL_MAX_DEPTH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(2..=256))]
+    pub max_depth: u16,
+
+    /// Most attributes on one element.
+    #[arg(long, env = "XMPP_VEIL_MAX_ATTRIBUTES", default_value_t = 64, value_parser = clap::value_parser!(u16).range(4..))]
+    pub max_attributes: u16,
+
+    /// Most client connections open at once; more are refused with `resource-constraint`.
+    #[arg(long, env = "XMPP_VEIL_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Time a client gets from its TCP connection to successful authentication (TLS included),
+    /// in seconds: slowloris protection.
+    #[arg(long, env = "XMPP_VEIL_AUTH_TIMEOUT", default_value_t = 30.0)]
+    pub auth_timeout: f64,
+
+    /// Time one write to a peer may take before the proxy gives up on a peer that does not
+    /// read, in seconds.
+    #[arg(long, env = "XMPP_VEIL_WRITE_TIMEOUT", default_value_t = 30.0)]
+    pub write_timeout: f64,
+
     /// Time allowed to connect to the upstream (TCP, TLS and its stream opening), in seconds.
     #[arg(
         long,
@@ -107,6 +129,23 @@ impl Config {
 
     pub fn max_stanza_size(&self) -> usize {
         usize::try_from(self.max_stanza_size).unwrap_or(usize::MAX)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.auth_timeout.clamp(0.1, 3600.0))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.write_timeout.clamp(0.1, 3600.0))
+    }
+
+    /// The framer's limits for either leg.
+    pub fn limits(&self) -> crate::xml::Limits {
+        crate::xml::Limits {
+            max_element: self.max_stanza_size(),
+            max_depth: usize::from(self.max_depth),
+            max_attributes: usize::from(self.max_attributes),
+        }
     }
 
     /// The upstream's host part (for SNI and certificate checks when no stream `to` is known).

@@ -19,6 +19,8 @@ pub const PRESENCE_SUPPRESSED: &str = "xmpp_veil_presence_suppressed_total";
 /// Labels: `protocol` = `xep0186` | `xep0018`, `command` = `invisible` | `visible`.
 pub const INVISIBILITY_COMMANDS: &str = "xmpp_veil_invisibility_commands_total";
 
+pub const SESSION_PANICS: &str = "xmpp_veil_session_panics_total";
+pub const CONNECTIONS_REFUSED: &str = "xmpp_veil_connections_refused_total";
 /// Label: `result` = `ok` | `failed`.
 pub const SM_RESUMPTIONS: &str = "xmpp_veil_sm_resumptions_total";
 pub const SM_SESSIONS: &str = "xmpp_veil_sm_sessions";

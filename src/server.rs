@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +21,8 @@ use crate::session::{self, Shared};
 use crate::stream::client::negotiate_starttls;
 use crate::stream::upstream::UpstreamConfig;
 
-/// Time a client gets to finish the pre-TLS exchange and the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a refused client (over --max-connections) gets for its TLS handshake, to be told why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
@@ -50,12 +53,15 @@ impl Proxy {
                 max_stanza_size: config.max_stanza_size(),
             },
             connect_timeout: config.upstream_connect_timeout(),
-            max_stanza_size: config.max_stanza_size(),
+            limits: config.limits(),
+            auth_timeout: config.auth_timeout(),
+            write_timeout: config.write_timeout(),
             shutdown: shutdown.clone(),
             resume: ResumeStore::default(),
         });
         let acceptor = TlsAcceptor::from(server_tls);
         let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.max_connections as usize));
         let mut proxy = Proxy {
             starttls_addrs: Vec::new(),
             direct_tls_addrs: Vec::new(),
@@ -83,6 +89,7 @@ impl Proxy {
                     acceptor.clone(),
                     shared.clone(),
                     proxy.tracker.clone(),
+                    slots.clone(),
                 );
                 proxy.tracker.spawn(accept);
             }
@@ -116,6 +123,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    slots: Arc<Semaphore>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     loop {
@@ -135,18 +143,63 @@ async fn accept_loop(
         let conn_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", id = conn_id, %peer, jid = tracing::field::Empty);
         let acceptor = acceptor.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracker.spawn(refuse_over_limit(tcp, kind, acceptor).instrument(span));
+            continue;
+        };
         let shared = shared.clone();
         tracker.spawn(
             async move {
                 metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
                 let active = metrics::gauge!(m::CONNECTIONS_ACTIVE);
                 active.increment(1.0);
-                connection(tcp, kind, acceptor, conn_id, shared).await;
+                // A panic ends this session only: it is counted, and the process goes on.
+                let session =
+                    std::panic::AssertUnwindSafe(connection(tcp, kind, acceptor, conn_id, shared));
+                if let Err(panic) = session.catch_unwind().await {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    metrics::counter!(m::SESSION_PANICS).increment(1);
+                    tracing::error!(panic = %what, "session task panicked; session ended");
+                }
                 active.decrement(1.0);
+                drop(slot);
             }
             .instrument(span),
         );
     }
+}
+
+/// Over --max-connections: the client is told `resource-constraint` (after TLS on a direct-TLS
+/// port, so that it can read it) instead of a silent close.
+async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: TlsAcceptor) {
+    use tokio::io::AsyncWriteExt;
+    metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "resource-constraint").increment(1);
+    tracing::warn!("connection refused: --max-connections reached");
+    let mut refusal = crate::stream::errors::client_stream_header("refused", "").to_vec();
+    refusal.extend_from_slice(&crate::stream::errors::stream_error(
+        "resource-constraint",
+        "too many connections; try again later",
+    ));
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        match kind {
+            ListenerKind::Starttls => {
+                let _ = tcp.write_all(&refusal).await;
+                let _ = tcp.shutdown().await;
+            }
+            ListenerKind::DirectTls => {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(&refusal).await;
+                    let _ = tls.shutdown().await;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 async fn connection(
@@ -156,12 +209,13 @@ async fn connection(
     conn_id: u64,
     shared: Arc<Shared>,
 ) {
+    let auth_deadline = Instant::now() + shared.auth_timeout;
     let _ = tcp.set_nodelay(true);
     tracing::debug!(?kind, "accepted");
     let handshake = async {
         if kind == ListenerKind::Starttls {
             let id = format!("xv-{conn_id:x}");
-            if let Err(refused) = negotiate_starttls(&mut tcp, shared.max_stanza_size, &id).await {
+            if let Err(refused) = negotiate_starttls(&mut tcp, shared.limits, &id).await {
                 if refused.condition != "connection-closed" {
                     metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => refused.condition)
                         .increment(1);
@@ -181,7 +235,7 @@ async fn connection(
     };
     let tls = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
+        r = tokio::time::timeout_at(auth_deadline, handshake) => match r {
             Ok(Some(tls)) => tls,
             Ok(None) => return,
             Err(_) => {
@@ -190,5 +244,5 @@ async fn connection(
             }
         },
     };
-    session::serve(tls, conn_id, shared).await;
+    session::serve(tls, conn_id, auth_deadline, shared).await;
 }

@@ -13,6 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,13 +30,15 @@ use crate::stream::sm::{Counter as SmCounter, NS_SM2, NS_SM3};
 use crate::stream::upstream::{self, Upstream, UpstreamConfig};
 use crate::stream::{NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element};
 use crate::xml::element::{remove_start_tag_attr, set_start_tag_attr};
-use crate::xml::{Element, ElementKind, Frame, FrameError, Framer};
+use crate::xml::{Element, ElementKind, Frame, FrameError, Framer, Limits};
 
 /// What every session shares.
 pub struct Shared {
     pub upstream: UpstreamConfig,
     pub connect_timeout: Duration,
-    pub max_stanza_size: usize,
+    pub limits: Limits,
+    pub auth_timeout: Duration,
+    pub write_timeout: Duration,
     pub shutdown: CancellationToken,
     pub resume: ResumeStore,
 }
@@ -46,13 +50,25 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves one client whose TLS is established: reads its stream header, connects upstream and
 /// relays until either side ends. `framer` may already hold bytes read after the handshake.
-pub async fn serve<C>(mut client: C, conn_id: u64, shared: Arc<Shared>)
+/// `auth_deadline`: when the client must have authenticated (counted from its TCP connection).
+pub async fn serve<C>(mut client: C, conn_id: u64, auth_deadline: Instant, shared: Arc<Shared>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cf = Framer::new(shared.max_stanza_size);
+    let mut cf = Framer::with_limits(shared.limits);
     let stream_id = format!("xv-{conn_id:x}-{:x}", nanos());
-    let header_raw = match read_element(&mut client, &mut cf).await {
+    let header = tokio::time::timeout_at(auth_deadline, read_element(&mut client, &mut cf)).await;
+    let Ok(header) = header else {
+        return refuse(
+            &mut client,
+            &stream_id,
+            "",
+            "connection-timeout",
+            "no stream header in time",
+        )
+        .await;
+    };
+    let header_raw = match header {
         Ok(Frame::StreamHeader(raw)) => raw,
         Ok(_) => {
             return refuse(
@@ -130,14 +146,32 @@ where
     let prefixes = header.prefixes.clone();
     match upstream {
         Upstream::Plain(up) => {
-            Relay::new(client, up, cf, &domain, conn_id, prefixes, &shared)
-                .run(header_raw)
-                .await
+            Relay::new(
+                client,
+                up,
+                cf,
+                &domain,
+                conn_id,
+                prefixes,
+                auth_deadline,
+                &shared,
+            )
+            .run(header_raw)
+            .await
         }
         Upstream::Tls(up) => {
-            Relay::new(client, *up, cf, &domain, conn_id, prefixes, &shared)
-                .run(header_raw)
-                .await
+            Relay::new(
+                client,
+                *up,
+                cf,
+                &domain,
+                conn_id,
+                prefixes,
+                auth_deadline,
+                &shared,
+            )
+            .run(header_raw)
+            .await
         }
     }
 }
@@ -289,6 +323,8 @@ struct Relay<'a, C, U> {
     pending_resume: Option<(String, Detached, u32)>,
     /// Takeover requests from a connection that resumes this session.
     takeover: Option<mpsc::Receiver<oneshot::Sender<Detached>>>,
+    /// The client must authenticate before this instant.
+    auth_deadline: Instant,
     shared: &'a Shared,
 }
 
@@ -304,13 +340,14 @@ where
         domain: &str,
         conn_id: u64,
         client_prefixes: Vec<(String, String)>,
+        auth_deadline: Instant,
         shared: &'a Shared,
     ) -> Self {
         Relay {
             client,
             upstream,
             cf,
-            sf: Framer::new(shared.max_stanza_size),
+            sf: Framer::with_limits(shared.limits),
             policy: Policy::new(
                 domain,
                 &format!("veil{:x}{conn_id:x}", nanos() & 0xffff_ffff),
@@ -328,6 +365,7 @@ where
             resume_request: None,
             pending_resume: None,
             takeover: None,
+            auth_deadline,
             shared,
         }
     }
@@ -353,6 +391,10 @@ where
             reserve(self.sf.buffer_mut());
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
+                    "connection-timeout",
+                    "authentication took too long".into(),
+                )),
                 request = takeover_request(&mut self.takeover) => Err(End::TakenOver(request)),
                 r = self.client.read_buf(self.cf.buffer_mut()) => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
@@ -737,15 +779,28 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), End> {
+        // A peer that does not read must not hold the session (and its buffers) forever.
+        let limit = self.shared.write_timeout;
         if !self.to_server.is_empty() {
-            let r = self.upstream.write_all(&self.to_server).await;
+            let r = tokio::time::timeout(limit, self.upstream.write_all(&self.to_server)).await;
             self.to_server.clear();
-            r.map_err(|e| End::ServerGone(format!("write: {e}")))?;
+            match r {
+                Ok(r) => r.map_err(|e| End::ServerGone(format!("write: {e}")))?,
+                Err(_) => return Err(End::ServerGone("the server does not read".into())),
+            }
         }
         if !self.to_client.is_empty() {
-            let r = self.client.write_all(&self.to_client).await;
+            let r = tokio::time::timeout(limit, self.client.write_all(&self.to_client)).await;
             self.to_client.clear();
-            r.map_err(|_| End::ClientGone)?;
+            match r {
+                Ok(r) => r.map_err(|_| End::ClientGone)?,
+                Err(_) => {
+                    return Err(End::ClientError(
+                        "resource-constraint",
+                        "the client does not read what it is sent".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

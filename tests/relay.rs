@@ -375,3 +375,94 @@ async fn server_closing_the_stream_reaches_the_client() {
     assert_eq!(e.error_condition(), Some("conflict"));
     assert!(a1.wait_closed(T).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_depth_attributes_connections_and_slow_authentication() {
+    let server = server(Kind::Prosody, false);
+    let proxy = proxy::start(
+        server.c2s_addr(),
+        "plain",
+        &[
+            "--max-depth",
+            "8",
+            "--max-attributes",
+            "6",
+            "--max-connections",
+            "3",
+            "--auth-timeout",
+            "1.5",
+        ],
+    )
+    .await;
+
+    let deep = format!(
+        "{HEADER}<message>{}{}</message>",
+        "<x>".repeat(8),
+        "</x>".repeat(8)
+    );
+    assert_stream_error(
+        &answer_direct_tls(proxy.direct_tls, deep.as_bytes()).await,
+        "policy-violation",
+    );
+    let attrs = format!("{HEADER}<message a='1' b='2' c='3' d='4' e='5' f='6' g='7'/>");
+    assert_stream_error(
+        &answer_direct_tls(proxy.direct_tls, attrs.as_bytes()).await,
+        "policy-violation",
+    );
+
+    // Slowloris: a client that opens a stream and never authenticates is cut at --auth-timeout.
+    let started = Instant::now();
+    assert_stream_error(
+        &answer_direct_tls(proxy.direct_tls, HEADER.as_bytes()).await,
+        "connection-timeout",
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+    // One that does not even finish TLS is closed too.
+    let mut idle = connect_raw(proxy.starttls).await;
+    let started = Instant::now();
+    let _ = read_to_close(&mut idle).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Over --max-connections: a clear refusal, and the sessions already open keep working.
+    let a = Client::connect(proxy.starttls, "alice", "alice-pw", Opts::new("1"))
+        .await
+        .expect("first");
+    let b = Client::connect(proxy.starttls, "bob", "bob-pw", Opts::new("2"))
+        .await
+        .expect("second");
+    let c = Client::connect(
+        proxy.direct_tls,
+        "alice",
+        "alice-pw",
+        Opts::new("3").tls(Tls::Direct),
+    )
+    .await
+    .expect("third");
+    let answer = answer_direct_tls(proxy.direct_tls, HEADER.as_bytes()).await;
+    assert_stream_error(&answer, "resource-constraint");
+    let mut tcp = connect_raw(proxy.starttls).await;
+    assert_stream_error(&read_to_close(&mut tcp).await, "resource-constraint");
+    for x in [&a, &b, &c] {
+        x.iq(
+            "<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "p",
+            T,
+        )
+        .await;
+    }
+    c.close().await;
+    // A slot is free again.
+    let mut retry = None;
+    for _ in 0..50 {
+        if let Ok(d) = Client::connect(proxy.starttls, "bob", "bob-pw", Opts::new("4")).await {
+            retry = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(retry.is_some(), "no login after a slot was freed");
+}

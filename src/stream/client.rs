@@ -6,7 +6,7 @@ use tokio::net::TcpStream;
 
 use super::errors::{client_stream_header, stream_error};
 use super::{NS_TLS, ReadError, StreamHeader, read_element};
-use crate::xml::{Element, Frame, Framer};
+use crate::xml::{Element, Frame, Framer, Limits};
 
 /// A refusal: the stream error the client got, for the log and the metric.
 #[derive(Debug)]
@@ -19,10 +19,10 @@ pub struct Refused {
 /// domain from the client's stream header is returned.
 pub async fn negotiate_starttls(
     tcp: &mut TcpStream,
-    max: usize,
+    limits: Limits,
     stream_id: &str,
 ) -> Result<String, Refused> {
-    let mut framer = Framer::new(max);
+    let mut framer = Framer::with_limits(limits);
     let header = match read_element(tcp, &mut framer).await {
         Ok(Frame::StreamHeader(raw)) => raw,
         Ok(_) => {

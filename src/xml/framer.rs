@@ -33,6 +33,15 @@ pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
 /// Deepest element nesting accepted inside one top-level element (the top-level element is 1).
 pub const MAX_DEPTH: usize = 256;
 
+/// What one top-level element may be: its size in bytes, how deeply elements nest in it, and
+/// how many attributes one element has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_element: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+}
+
 /// Longest entity/character reference body (between `&` and `;`) accepted.
 const MAX_REF: usize = 32;
 
@@ -74,8 +83,12 @@ pub enum Frame {
 pub enum FrameError {
     NotWellFormed(&'static str),
     RestrictedXml(&'static str),
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     InvalidNamespace(&'static str),
+    /// A configured limit other than the size: nesting depth, attributes per element.
+    Limit(&'static str),
 }
 
 impl FrameError {
@@ -84,7 +97,7 @@ impl FrameError {
         match self {
             FrameError::NotWellFormed(_) => "not-well-formed",
             FrameError::RestrictedXml(_) => "restricted-xml",
-            FrameError::TooLarge { .. } => "policy-violation",
+            FrameError::TooLarge { .. } | FrameError::Limit(_) => "policy-violation",
             FrameError::InvalidNamespace(_) => "invalid-namespace",
         }
     }
@@ -95,7 +108,8 @@ impl fmt::Display for FrameError {
         match self {
             FrameError::NotWellFormed(why)
             | FrameError::RestrictedXml(why)
-            | FrameError::InvalidNamespace(why) => write!(f, "{}: {}", self.condition(), why),
+            | FrameError::InvalidNamespace(why)
+            | FrameError::Limit(why) => write!(f, "{}: {}", self.condition(), why),
             FrameError::TooLarge { limit } => {
                 write!(
                     f,
@@ -526,6 +540,10 @@ struct Scanner {
     root: (usize, usize),
     /// Qualified name of the stream root, for matching the stream close tag.
     stream_qname: Vec<u8>,
+    max_depth: usize,
+    max_attributes: usize,
+    /// Attributes of the start tag being scanned.
+    attributes: usize,
 }
 
 impl Scanner {
@@ -539,6 +557,9 @@ impl Scanner {
             stack: Vec::new(),
             root: (0, 0),
             stream_qname: Vec::new(),
+            max_depth: MAX_DEPTH,
+            max_attributes: usize::MAX,
+            attributes: 0,
         }
     }
 
@@ -652,11 +673,12 @@ impl Scanner {
                         self.root = (start, pos);
                     }
                     if self.mode != Mode::Header {
-                        if self.stack.len() >= MAX_DEPTH {
-                            return Err(nwf("elements nested too deeply"));
+                        if self.stack.len() >= self.max_depth {
+                            return Err(FrameError::Limit("elements nested too deeply"));
                         }
                         self.stack.push((start, pos));
                     }
+                    self.attributes = 0;
                     st = St::TagBody { ws: false };
                 }
                 St::TagBody { ws } => {
@@ -680,6 +702,12 @@ impl Scanner {
                         c if is_name_start(c) => {
                             if !ws {
                                 return Err(nwf("missing whitespace before attribute"));
+                            }
+                            self.attributes += 1;
+                            if self.attributes > self.max_attributes {
+                                return Err(FrameError::Limit(
+                                    "too many attributes in one element",
+                                ));
                             }
                             st = St::AttrName { start: pos };
                             pos += 1;
@@ -904,11 +932,20 @@ impl Framer {
     /// `max_element`: largest stream header or top-level element accepted, in bytes.
     pub fn new(max_element: usize) -> Self {
         Framer {
-            buf: BytesMut::with_capacity(max_element.clamp(4096, 64 * 1024)),
+            // Grown by the reader as data arrives: an idle session should hold little memory.
+            buf: BytesMut::new(),
             limit: max_element,
             sc: Scanner::new(),
             failed: None,
         }
+    }
+
+    /// A framer with every limit set (depth at most [`MAX_DEPTH`]).
+    pub fn with_limits(limits: Limits) -> Self {
+        let mut framer = Framer::new(limits.max_element);
+        framer.sc.max_depth = limits.max_depth.clamp(1, MAX_DEPTH);
+        framer.sc.max_attributes = limits.max_attributes;
+        framer
     }
 
     /// Append received bytes.
@@ -1317,7 +1354,10 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
     #[test]
     fn deep_nesting_rejected() {
         let body = "<a>".repeat(MAX_DEPTH + 1);
-        assert_eq!(body_err(&body), nwf("elements nested too deeply"));
+        assert_eq!(
+            body_err(&body),
+            FrameError::Limit("elements nested too deeply")
+        );
         let ok = format!("{}{}", "<a>".repeat(MAX_DEPTH), "</a>".repeat(MAX_DEPTH));
         let mut f = Framer::new(LIMIT);
         f.extend(format!("{HDR}{ok}").as_bytes());
@@ -1614,5 +1654,64 @@ xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><presence/>"
         assert_eq!(decode_ref(b"#xZ"), Err(nwf("invalid character reference")));
         assert_eq!(decode_ref(b"nbsp"), Err(restricted("entity reference")));
         assert_eq!(unescape_attr(b"a&amp;b\r\nc\td").as_deref(), Ok("a&b c d"));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    const HEADER: &str =
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    fn first_error(limits: Limits, body: &str) -> Option<FrameError> {
+        let mut f = Framer::with_limits(limits);
+        f.extend(format!("{HEADER}{body}").as_bytes());
+        loop {
+            match f.next_frame() {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_element: 4096,
+        max_depth: 4,
+        max_attributes: 3,
+    };
+
+    #[test]
+    fn depth_limit_is_a_policy_violation() {
+        assert_eq!(first_error(LIMITS, "<a><b><c><d/></c></b></a>"), None);
+        let e = first_error(LIMITS, "<a><b><c><d><e/></d></c></b></a>").unwrap();
+        assert_eq!(e, FrameError::Limit("elements nested too deeply"));
+        assert_eq!(e.condition(), "policy-violation");
+    }
+
+    #[test]
+    fn attribute_limit_is_per_element() {
+        assert_eq!(
+            first_error(LIMITS, "<a x='1' y='2' z='3'><b x='1' y='2' z='3'/></a>"),
+            None
+        );
+        let e = first_error(LIMITS, "<a><b w='0' x='1' y='2' z='3'/></a>").unwrap();
+        assert_eq!(e, FrameError::Limit("too many attributes in one element"));
+    }
+
+    #[test]
+    fn limits_survive_a_stream_restart() {
+        let mut f = Framer::with_limits(LIMITS);
+        f.extend(format!("{HEADER}<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").as_bytes());
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Element { .. }))));
+        f.reset();
+        f.extend(format!("{HEADER}<a><b><c><d><e/></d></c></b></a>").as_bytes());
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        assert_eq!(
+            f.next_frame(),
+            Err(FrameError::Limit("elements nested too deeply"))
+        );
     }
 }

@@ -4,4 +4,4 @@ pub mod element;
 pub mod framer;
 
 pub use element::{Element, Node, StartTag};
-pub use framer::{ElementKind, Frame, FrameError, Framer};
+pub use framer::{ElementKind, Frame, FrameError, Framer, Limits};
