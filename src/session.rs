@@ -143,35 +143,22 @@ where
         }
     };
     tracing::debug!("upstream connected");
-    let prefixes = header.prefixes.clone();
+    let opening = Opening {
+        domain,
+        conn_id,
+        client_prefixes: header.prefixes,
+        auth_deadline,
+    };
     match upstream {
         Upstream::Plain(up) => {
-            Relay::new(
-                client,
-                up,
-                cf,
-                &domain,
-                conn_id,
-                prefixes,
-                auth_deadline,
-                &shared,
-            )
-            .run(header_raw)
-            .await
+            Relay::new(client, up, cf, &opening, &shared)
+                .run(header_raw)
+                .await
         }
         Upstream::Tls(up) => {
-            Relay::new(
-                client,
-                *up,
-                cf,
-                &domain,
-                conn_id,
-                prefixes,
-                auth_deadline,
-                &shared,
-            )
-            .run(header_raw)
-            .await
+            Relay::new(client, *up, cf, &opening, &shared)
+                .run(header_raw)
+                .await
         }
     }
 }
@@ -204,6 +191,15 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// What the client's stream opening told the relay.
+#[derive(Debug, Clone)]
+struct Opening {
+    domain: String,
+    conn_id: u64,
+    client_prefixes: Vec<(String, String)>,
+    auth_deadline: Instant,
 }
 
 /// How a relay ended.
@@ -333,23 +329,20 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(
-        client: C,
-        upstream: U,
-        cf: Framer,
-        domain: &str,
-        conn_id: u64,
-        client_prefixes: Vec<(String, String)>,
-        auth_deadline: Instant,
-        shared: &'a Shared,
-    ) -> Self {
+    fn new(client: C, upstream: U, cf: Framer, opening: &Opening, shared: &'a Shared) -> Self {
+        let Opening {
+            domain,
+            conn_id,
+            client_prefixes,
+            auth_deadline,
+        } = opening.clone();
         Relay {
             client,
             upstream,
             cf,
             sf: Framer::with_limits(shared.limits),
             policy: Policy::new(
-                domain,
+                &domain,
                 &format!("veil{:x}{conn_id:x}", nanos() & 0xffff_ffff),
             ),
             client_prefixes,
