@@ -5,9 +5,15 @@
 //! a reader task records every top-level element it receives into a log that
 //! the test can search ([`Client::wait_for`], [`Client::expect_none`], ...).
 //!
+//! With [`Opts::sm`] / [`Opts::resume`] it speaks XEP-0198 Stream Management:
+//! it counts stanzas both ways, answers the peer's `<r/>` by itself (a
+//! separate task writes the `<a/>`, so a busy writer never stalls the reader),
+//! and offers [`Client::request_ack`] and [`Client::sm_snapshot`].
+//!
 //! Set `XMPP_TEST_TRACE=1` to print everything sent and received.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,7 +33,7 @@ use sasl::common::scram::Sha1;
 use sasl::common::{ChannelBinding, Credentials};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub const NS_CLIENT: &str = "jabber:client";
@@ -37,6 +43,8 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const NS_ROSTER: &str = "jabber:iq:roster";
+/// XEP-0198 Stream Management.
+pub const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Time allowed for the whole connect/login sequence.
@@ -83,6 +91,21 @@ pub struct Opts {
     pub domain: String,
     /// Send `<presence/>` right after binding.
     pub send_initial_presence: bool,
+    /// XEP-0198: after binding, `<enable resume='true'/>` and count/ack stanzas.
+    pub sm: bool,
+    /// XEP-0198: resume this session instead of binding (implies `sm`).
+    pub resume: Option<SmResume>,
+}
+
+/// What [`Opts::resume`] resumes.
+#[derive(Debug, Clone)]
+pub struct SmResume {
+    /// `<enabled id=…>` of the session to resume.
+    pub previd: String,
+    /// Stanzas received from the server in that session (the `h` to send).
+    pub h: u32,
+    /// The session's full JID (the server does not say it on resumption).
+    pub jid: String,
 }
 
 impl Opts {
@@ -94,6 +117,8 @@ impl Opts {
             resource: resource.to_string(),
             domain: "localhost".to_string(),
             send_initial_presence: false,
+            sm: false,
+            resume: None,
         }
     }
 
@@ -119,6 +144,31 @@ impl Opts {
 
     pub fn initial_presence(mut self, send: bool) -> Self {
         self.send_initial_presence = send;
+        self
+    }
+
+    /// XEP-0198: after binding, send `<enable xmlns='urn:xmpp:sm:3'
+    /// resume='true'/>` and wait for `<enabled/>` (`<failed/>` makes
+    /// [`Client::connect`] fail). The client then counts the stanzas it
+    /// receives and sends, answers the server's `<r/>` by itself, and records
+    /// the server's `<a/>`.
+    pub fn sm(mut self, enable: bool) -> Self {
+        self.sm = enable;
+        self
+    }
+
+    /// XEP-0198: after authentication, instead of binding, send `<resume
+    /// previd=… h=…/>`. `<resumed/>` gives a client in SM mode whose inbound
+    /// count continues from `h` and whose outbound count starts at the
+    /// `<resumed h=…/>`; `<failed/>` makes [`Client::connect`] fail with the
+    /// element's raw XML in the error. `full_jid` becomes [`Client::jid`].
+    pub fn resume(mut self, previd: &str, h: u32, full_jid: &str) -> Self {
+        self.sm = true;
+        self.resume = Some(SmResume {
+            previd: previd.to_string(),
+            h,
+            jid: full_jid.to_string(),
+        });
         self
     }
 }
@@ -770,6 +820,116 @@ struct State {
     close_reason: Option<String>,
     parse_error: Option<String>,
     pending: String,
+    sm: SmState,
+}
+
+/// XEP-0198 bookkeeping (all counters mod 2^32).
+#[derive(Default)]
+struct SmState {
+    /// Counting and answering `<r/>` (after `<enabled/>` or `<resumed/>`).
+    active: bool,
+    id: Option<String>,
+    enabled: Option<Stanza>,
+    resumed: Option<Stanza>,
+    /// Stanzas received while active (plus the `h` resumed from).
+    inbound: u32,
+    /// Stanzas sent while active (plus the server's `<resumed h=…/>`).
+    outbound: u32,
+    /// Latest `h` the peer acknowledged (`<a/>` or `<resumed/>`).
+    last_ack: Option<u32>,
+    /// `h` of every `<a/>` received, in order.
+    acks_from_peer: Vec<u32>,
+    /// `<r/>` sent by [`Client::request_ack`].
+    requests_sent: usize,
+    /// For every `<r/>` from the peer: its log index and the `h` answered.
+    answered: Vec<(usize, u32)>,
+    /// `<a/>` actually written.
+    answers_written: usize,
+    /// Sent stanzas not yet acknowledged: (outbound count after it, raw XML).
+    unacked: VecDeque<(u32, String)>,
+    /// `</stream:stream>` was sent: write nothing more.
+    closing: bool,
+}
+
+/// `seq` is covered by an acknowledgement of `h` (both mod 2^32).
+fn sm_covers(h: u32, seq: u32) -> bool {
+    h.wrapping_sub(seq) < 1 << 31
+}
+
+/// A client's XEP-0198 state, e.g. taken just before [`Client::drop_tcp`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmSnapshot {
+    /// `<enabled id=…>` (the previd to resume).
+    pub id: Option<String>,
+    /// Stanzas received (the `h` to resume with).
+    pub inbound: u32,
+    /// Stanzas sent.
+    pub outbound: u32,
+    /// Latest `h` acknowledged by the peer.
+    pub last_ack: Option<u32>,
+    /// Sent stanzas not acknowledged yet: (outbound count after it, raw XML).
+    pub unacked: Vec<(u32, String)>,
+}
+
+impl SmSnapshot {
+    /// The unacknowledged stanzas a peer that handled `h` of them has not
+    /// seen (to re-send after `<resumed h=…/>`), in order.
+    pub fn unacked_after(&self, h: u32) -> Vec<String> {
+        self.unacked
+            .iter()
+            .filter(|(seq, _)| !sm_covers(h, *seq))
+            .map(|(_, raw)| raw.clone())
+            .collect()
+    }
+}
+
+impl SmState {
+    /// Records an `<a h=…/>` (or `<resumed h=…/>`) from the peer.
+    fn peer_acked(&mut self, h: u32) {
+        self.last_ack = Some(h);
+        while self
+            .unacked
+            .front()
+            .is_some_and(|(seq, _)| sm_covers(h, *seq))
+        {
+            self.unacked.pop_front();
+        }
+    }
+
+    /// Counts the stanzas in `xml` (about to be written) as sent.
+    fn count_outbound(&mut self, xml: &str) {
+        for item in top_level_items(xml) {
+            match item {
+                Item::Element(raw) => {
+                    let s = Stanza::parse(&raw, &[(String::new(), NS_CLIENT.to_string())], 0);
+                    if is_sm_stanza(&s) {
+                        self.outbound = self.outbound.wrapping_add(1);
+                        self.unacked.push_back((self.outbound, raw));
+                    }
+                }
+                Item::Close => self.closing = true,
+                Item::Open(_) => {}
+            }
+        }
+    }
+}
+
+/// A stanza as XEP-0198 counts it: a top-level `message`, `presence` or `iq`
+/// in the `jabber:client` namespace.
+fn is_sm_stanza(s: &Stanza) -> bool {
+    s.ns == NS_CLIENT && matches!(s.name.as_str(), "message" | "presence" | "iq")
+}
+
+/// The complete top-level items in a piece of XML written by the test (up to
+/// the first incomplete or malformed one).
+fn top_level_items(xml: &str) -> Vec<Item> {
+    let mut f = Framer::default();
+    f.push(xml.as_bytes());
+    let mut out = Vec::new();
+    while let Ok(Some(item)) = f.next() {
+        out.push(item);
+    }
+    out
 }
 
 impl State {
@@ -803,12 +963,16 @@ pub struct Client {
     pub stream_attrs: Vec<(String, String)>,
     label: String,
     started: Instant,
-    writer: Arc<tokio::sync::Mutex<Option<WriteHalf<BoxIo>>>>,
+    writer: Writer,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+    /// XEP-0198: writes the `<a/>` answers the reader task queues.
+    acker: Option<JoinHandle<()>>,
     /// A duplicate of the TCP socket, for abrupt shutdown.
     sock: Option<std::net::TcpStream>,
 }
+
+type Writer = Arc<tokio::sync::Mutex<Option<WriteHalf<BoxIo>>>>;
 
 impl Client {
     /// Connects, secures, authenticates, binds, and starts recording.
@@ -843,24 +1007,53 @@ impl Client {
             deadline,
         };
         let r = negotiate(&mut conn, user, pass, &opts).await;
-        let (pre_auth_features, features, stream_attrs, jid) =
-            r.map_err(|e| format!("[{label}] {e}"))?;
+        let Negotiated {
+            pre_auth_features,
+            features,
+            stream_attrs,
+            jid,
+            early,
+            sm,
+        } = r.map_err(|e| format!("[{label}] {e}"))?;
 
         let Conn {
             io, framer, scope, ..
         } = conn;
         let (rd, wr) = tokio::io::split(io);
         let (changed, _) = watch::channel(0u64);
+        let sm_active = sm.active;
+        let mut state = State {
+            sm,
+            ..State::default()
+        };
+        for (i, raw) in early.iter().enumerate() {
+            state.log.push(Stanza::parse(raw, &scope, i));
+        }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             changed,
         });
+        let writer: Writer = Arc::new(tokio::sync::Mutex::new(Some(wr)));
+        let task_label = format!("{label}→{jid}");
+        let (acks, acker) = if sm_active {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let acker = tokio::spawn(acker_task(
+                rx,
+                writer.clone(),
+                shared.clone(),
+                task_label.clone(),
+            ));
+            (Some(tx), Some(acker))
+        } else {
+            (None, None)
+        };
         let reader = tokio::spawn(reader_task(
             rd,
             framer,
             scope,
             shared.clone(),
-            format!("{label}→{jid}"),
+            task_label,
+            acks,
         ));
         let client = Client {
             bare: bare(&jid).to_string(),
@@ -870,9 +1063,10 @@ impl Client {
             stream_attrs,
             label,
             started,
-            writer: Arc::new(tokio::sync::Mutex::new(Some(wr))),
+            writer,
             shared,
             reader: Some(reader),
+            acker,
             sock: Some(sock),
         };
         if opts.send_initial_presence {
@@ -895,6 +1089,14 @@ impl Client {
         }
         let mut w = self.writer.lock().await;
         let w = w.as_mut().ok_or("writer already shut down")?;
+        {
+            // Counted before writing, so that an `<a/>` the peer sends for it
+            // can never be ahead of the count.
+            let mut st = self.shared.state.lock().unwrap();
+            if st.sm.active {
+                st.sm.count_outbound(xml);
+            }
+        }
         w.write_all(xml.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
@@ -1062,6 +1264,135 @@ impl Client {
         st.parse_error.clone().or_else(|| st.close_reason.clone())
     }
 
+    // ---- XEP-0198 Stream Management -------------------------------------
+
+    /// `<enabled id=…>` (or the previd resumed); `None` without SM.
+    pub fn sm_id(&self) -> Option<String> {
+        self.shared.state.lock().unwrap().sm.id.clone()
+    }
+
+    /// The `<enabled/>` element as received (`None` without SM or when resumed).
+    pub fn enabled(&self) -> Option<Stanza> {
+        self.shared.state.lock().unwrap().sm.enabled.clone()
+    }
+
+    /// The `<resumed/>` element as received (`None` unless resumed).
+    pub fn resumed(&self) -> Option<Stanza> {
+        self.shared.state.lock().unwrap().sm.resumed.clone()
+    }
+
+    /// Stanzas received since `<enabled/>` (continuing from the `h` resumed
+    /// from), mod 2^32: what the client answers the peer's `<r/>` with.
+    pub fn inbound_count(&self) -> u32 {
+        self.shared.state.lock().unwrap().sm.inbound
+    }
+
+    /// Stanzas sent since `<enabled/>` (continuing from `<resumed h=…/>`), mod 2^32.
+    pub fn outbound_count(&self) -> u32 {
+        self.shared.state.lock().unwrap().sm.outbound
+    }
+
+    /// `h` of the latest `<a/>` from the peer (or of `<resumed/>`).
+    pub fn last_ack_from_peer(&self) -> Option<u32> {
+        self.shared.state.lock().unwrap().sm.last_ack
+    }
+
+    /// Raw XML of the stanzas sent and not yet acknowledged by the peer, in order.
+    pub fn unacked_outbound(&self) -> Vec<String> {
+        let st = self.shared.state.lock().unwrap();
+        st.sm.unacked.iter().map(|(_, raw)| raw.clone()).collect()
+    }
+
+    /// Every `<r/>` the peer sent: its log index and the `h` the client
+    /// answered it with (queued in order; see [`Client::sm_answers_written`]).
+    pub fn sm_answered(&self) -> Vec<(usize, u32)> {
+        self.shared.state.lock().unwrap().sm.answered.clone()
+    }
+
+    /// How many `<a/>` answers have actually been written.
+    pub fn sm_answers_written(&self) -> usize {
+        self.shared.state.lock().unwrap().sm.answers_written
+    }
+
+    /// `h` of every `<a/>` received from the peer, in order.
+    pub fn acks_from_peer(&self) -> Vec<u32> {
+        self.shared.state.lock().unwrap().sm.acks_from_peer.clone()
+    }
+
+    /// The SM counters now (take it before [`Client::drop_tcp`] to resume).
+    pub fn sm_snapshot(&self) -> SmSnapshot {
+        let st = self.shared.state.lock().unwrap();
+        SmSnapshot {
+            id: st.sm.id.clone(),
+            inbound: st.sm.inbound,
+            outbound: st.sm.outbound,
+            last_ack: st.sm.last_ack,
+            unacked: st.sm.unacked.iter().cloned().collect(),
+        }
+    }
+
+    /// Sends `<r xmlns='urn:xmpp:sm:3'/>` and returns the `h` of the peer's
+    /// next `<a/>`; panics on timeout or if the connection closes.
+    pub async fn request_ack(&self, timeout: Duration) -> u32 {
+        let r = format!("<r xmlns='{NS_SM}'/>");
+        let want = {
+            let mut w = self.writer.lock().await;
+            // The answer to this <r/>: the next <a/> from now, and behind
+            // the answers to our earlier requests.
+            let want = {
+                let mut st = self.shared.state.lock().unwrap();
+                let want = st.sm.acks_from_peer.len().max(st.sm.requests_sent);
+                st.sm.requests_sent += 1;
+                want
+            };
+            if trace_on() {
+                eprintln!("{:8.3} [{}] >> {r}", ts(), self.label);
+            }
+            let res = match w.as_mut() {
+                Some(w) => async {
+                    w.write_all(r.as_bytes()).await?;
+                    w.flush().await
+                }
+                .await
+                .map_err(|e| e.to_string()),
+                None => Err("writer already shut down".to_string()),
+            };
+            drop(w);
+            if let Err(e) = res {
+                panic!("[{}] sending <r/> failed: {e}\n{}", self.label, self.dump());
+            }
+            want
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            {
+                let st = self.shared.state.lock().unwrap();
+                if let Some(&h) = st.sm.acks_from_peer.get(want) {
+                    return h;
+                }
+                if st.closed() {
+                    drop(st);
+                    panic!(
+                        "[{}] connection closed while waiting for <a/>\n{}",
+                        self.label,
+                        self.dump()
+                    );
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "[{}] timed out after {timeout:?} waiting for <a/>\n{}",
+                    self.label,
+                    self.dump()
+                );
+            }
+        }
+    }
+
     /// Sends `</stream:stream>`, waits (bounded) for the peer's close, then
     /// shuts down TLS (close_notify) and TCP.
     pub async fn close(mut self) {
@@ -1114,6 +1445,9 @@ impl Client {
         if let Some(r) = self.reader.take() {
             r.abort();
         }
+        if let Some(a) = self.acker.take() {
+            a.abort();
+        }
         if let Ok(mut w) = self.writer.try_lock() {
             w.take();
         }
@@ -1125,6 +1459,9 @@ impl Client {
         }
         if let Some(r) = self.reader.take() {
             r.abort();
+        }
+        if let Some(a) = self.acker.take() {
+            a.abort();
         }
         if let Ok(mut w) = self.writer.try_lock() {
             w.take();
@@ -1161,6 +1498,20 @@ impl Client {
         if !st.pending.is_empty() {
             let _ = writeln!(s, "(unparsed input: {:?})", st.pending);
         }
+        if st.sm.active {
+            let _ = writeln!(
+                s,
+                "(sm: id {:?}, inbound {}, outbound {}, last ack {:?}, {} unacked, \
+                 {} peer <r/> answered, {} <a/> written)",
+                st.sm.id,
+                st.sm.inbound,
+                st.sm.outbound,
+                st.sm.last_ack,
+                st.sm.unacked.len(),
+                st.sm.answered.len(),
+                st.sm.answers_written
+            );
+        }
         s.push_str("---- end ----");
         s
     }
@@ -1172,7 +1523,15 @@ impl Drop for Client {
     }
 }
 
-type Negotiated = (Stanza, Stanza, Vec<(String, String)>, String);
+struct Negotiated {
+    pre_auth_features: Stanza,
+    features: Stanza,
+    stream_attrs: Vec<(String, String)>,
+    jid: String,
+    /// Stanzas received while negotiating (before `<enabled/>`), raw.
+    early: Vec<String>,
+    sm: SmState,
+}
 
 async fn negotiate(
     conn: &mut Conn,
@@ -1266,6 +1625,40 @@ async fn negotiate(
     }
 
     let (stream_attrs, features) = conn.open_stream(&opts.domain).await?;
+    let mut sm = SmState::default();
+    if let Some(r) = &opts.resume {
+        if features.child_ns("sm", NS_SM).is_none() {
+            return Err(format!("stream management not offered: {}", features.raw));
+        }
+        conn.send(&format!(
+            "<resume xmlns='{NS_SM}' previd='{}' h='{}'/>",
+            esc(&r.previd),
+            r.h
+        ))
+        .await?;
+        let reply = conn.next_element().await?;
+        if reply.name != "resumed" || reply.ns != NS_SM {
+            return Err(format!("resumption failed: {}", reply.raw));
+        }
+        let h = reply
+            .attr("h")
+            .and_then(|h| h.parse::<u32>().ok())
+            .ok_or_else(|| format!("no valid h in {}", reply.raw))?;
+        sm.active = true;
+        sm.id = Some(r.previd.clone());
+        sm.inbound = r.h;
+        sm.outbound = h;
+        sm.peer_acked(h);
+        sm.resumed = Some(reply);
+        return Ok(Negotiated {
+            pre_auth_features,
+            features,
+            stream_attrs,
+            jid: r.jid.clone(),
+            early: Vec::new(),
+            sm,
+        });
+    }
     if features.child_ns("bind", NS_BIND).is_none() {
         return Err(format!("bind not offered: {}", features.raw));
     }
@@ -1294,7 +1687,34 @@ async fn negotiate(
             return Err(format!("session establishment failed: {}", reply.raw));
         }
     }
-    Ok((pre_auth_features, features, stream_attrs, jid))
+    let mut early = Vec::new();
+    if opts.sm {
+        conn.send(&format!("<enable xmlns='{NS_SM}' resume='true'/>"))
+            .await?;
+        loop {
+            let reply = conn.next_element().await?;
+            if reply.ns == NS_SM && reply.name == "enabled" {
+                sm.active = true;
+                sm.id = reply.attr("id").map(str::to_string);
+                sm.enabled = Some(reply);
+                break;
+            }
+            if is_sm_stanza(&reply) {
+                // Sent before <enabled/>: not counted by either side.
+                early.push(reply.raw);
+                continue;
+            }
+            return Err(format!("enabling stream management failed: {}", reply.raw));
+        }
+    }
+    Ok(Negotiated {
+        pre_auth_features,
+        features,
+        stream_attrs,
+        jid,
+        early,
+        sm,
+    })
 }
 
 async fn reader_task(
@@ -1303,6 +1723,7 @@ async fn reader_task(
     scope: Scope,
     shared: Arc<Shared>,
     label: String,
+    acks: Option<mpsc::UnboundedSender<u32>>,
 ) {
     let mut buf = vec![0u8; 16384];
     loop {
@@ -1314,6 +1735,9 @@ async fn reader_task(
                     }
                     shared.update(|st| {
                         let s = Stanza::parse(&raw, &scope, st.log.len());
+                        if st.sm.active {
+                            sm_inbound(&mut st.sm, &s, acks.as_ref());
+                        }
                         st.log.push(s);
                     });
                 }
@@ -1372,6 +1796,59 @@ async fn reader_task(
     }
 }
 
+/// XEP-0198 bookkeeping for one received element (in order, before the next).
+fn sm_inbound(sm: &mut SmState, s: &Stanza, acks: Option<&mpsc::UnboundedSender<u32>>) {
+    if is_sm_stanza(s) {
+        sm.inbound = sm.inbound.wrapping_add(1);
+    } else if s.ns == NS_SM && s.name == "r" {
+        // Answers exactly the stanzas received before this <r/>.
+        sm.answered.push((s.index, sm.inbound));
+        if let Some(tx) = acks {
+            let _ = tx.send(sm.inbound);
+        }
+    } else if s.ns == NS_SM && s.name == "a" {
+        // An unparsable h is recorded as u32::MAX (and shows in the log).
+        let h = s
+            .attr("h")
+            .and_then(|h| h.parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
+        sm.acks_from_peer.push(h);
+        sm.peer_acked(h);
+    }
+}
+
+/// Writes the `<a/>` answers queued by the reader task, in order.
+async fn acker_task(
+    mut rx: mpsc::UnboundedReceiver<u32>,
+    writer: Writer,
+    shared: Arc<Shared>,
+    label: String,
+) {
+    while let Some(h) = rx.recv().await {
+        let mut w = writer.lock().await;
+        if shared.state.lock().unwrap().sm.closing {
+            return;
+        }
+        let Some(w) = w.as_mut() else { return };
+        let a = format!("<a xmlns='{NS_SM}' h='{h}'/>");
+        if trace_on() {
+            eprintln!("{:8.3} [{label}] >> {a}", ts());
+        }
+        let r = async {
+            w.write_all(a.as_bytes()).await?;
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = r {
+            if trace_on() {
+                eprintln!("{:8.3} [{label}] -- writing <a/> failed: {e}", ts());
+            }
+            return;
+        }
+        shared.update(|st| st.sm.answers_written += 1);
+    }
+}
+
 /// A plain TCP connection, for bad-input tests.
 pub async fn connect_raw(addr: SocketAddr) -> TcpStream {
     tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
@@ -1394,6 +1871,8 @@ pub async fn befriend(
     let o = |r: &str| Opts {
         resource: r.to_string(),
         send_initial_presence: false,
+        sm: false,
+        resume: None,
         ..opts.clone()
     };
     let (ca, cb) = tokio::join!(

@@ -1,0 +1,405 @@
+//! End to end: XEP-0198 stream management through the invisibility filter, against a real
+//! Prosody and a real ejabberd (both offer sm:3), and a fake upstream for the redirects that
+//! real servers do not send in their default setup.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{Client, Mech, Opts, Tls, befriend};
+use common::proxy::{self, TestProxy};
+use common::servers::{Kind, Server, ServerOpts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn pw(u: &str) -> String {
+    format!("{u}-pw")
+}
+
+struct World {
+    server: Server,
+    proxy: TestProxy,
+}
+
+async fn world(kind: Kind) -> World {
+    let users: Vec<(&'static str, &'static str)> = ["joe", "stpeter", "pgmillard", "rynok", "bob"]
+        .iter()
+        .map(|u| (*u, &*Box::leak(pw(u).into_boxed_str())))
+        .collect();
+    let server = Server::start(ServerOpts {
+        kind,
+        users,
+        require_tls: false,
+    });
+    for c in ["stpeter", "pgmillard", "rynok"] {
+        befriend(
+            server.c2s_addr(),
+            ("joe", "joe-pw"),
+            (c, &pw(c)),
+            true,
+            &Opts::new("setup"),
+        )
+        .await;
+    }
+    let proxy = proxy::start(server.c2s_addr(), "plain", &[]).await;
+    World { server, proxy }
+}
+
+impl World {
+    async fn direct(&self, user: &str) -> Client {
+        Client::connect(
+            self.server.c2s_addr(),
+            user,
+            &pw(user),
+            Opts::new("obs").initial_presence(true),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"))
+    }
+}
+
+macro_rules! both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod prosody {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Prosody).await;
+                }
+            )*
+        }
+        mod ejabberd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Ejabberd).await;
+                }
+            )*
+        }
+    };
+}
+
+both_servers!(
+    counts_match_through_the_filter,
+    tcp_drop_then_resume_stays_invisible,
+    resume_the_proxy_does_not_hold_is_refused,
+);
+
+/// Invisible IQ (consumed, answered by the proxy), withheld presence, XEP-0018 fan-out (one
+/// stanza → two), then 200 messages both ways with acks every 10: no stream error, and every
+/// ack matches what each side sent.
+async fn counts_match_through_the_filter(kind: Kind) {
+    let w = world(kind).await;
+    let bob = w.direct("bob").await;
+    let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("sm").sm(true))
+        .await
+        .expect("joe");
+    let enabled = joe.enabled().expect("enabled");
+    assert!(enabled.attr("location").is_none(), "{}", enabled.raw);
+
+    let r = joe
+        .iq(
+            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1' probe='true'/></iq>",
+            "inv",
+            T,
+        )
+        .await;
+    assert_eq!(r.type_(), Some("result"));
+    joe.send("<presence><show>away</show></presence>").await; // withheld
+    joe.send("<presence type='visible'/>").await; // consumed; hands back to the server
+    joe.send("<presence to='pgmillard@localhost' type='invisible'/>")
+        .await; // → unavailable + fan-out
+    joe.send("<presence><show>chat</show></presence>").await; // fanned out to 2
+    assert_eq!(joe.request_ack(T).await, joe.outbound_count());
+
+    for i in 0..200u32 {
+        joe.send(&format!(
+            "<message to='bob@localhost' type='chat' id='j{i}'><body>j{i}</body></message>"
+        ))
+        .await;
+        bob.send(&format!(
+            "<message to='{}' type='chat' id='b{i}'><body>b{i}</body></message>",
+            joe.jid
+        ))
+        .await;
+        if i % 10 == 9 {
+            assert_eq!(
+                joe.request_ack(T).await,
+                joe.outbound_count(),
+                "after message {i}"
+            );
+        }
+    }
+    let last = format!("b{}", 199);
+    joe.wait_for("bob's last message", T, |s| s.body() == Some(last.as_str()))
+        .await;
+    bob.wait_for("joe's last message", T, |s| s.body() == Some("j199"))
+        .await;
+    // The server's requests were answered with counts it accepted: no stream error, and the
+    // server keeps talking to us.
+    assert!(
+        !joe.received().iter().any(|s| s.is_stream_error()),
+        "{}",
+        joe.dump()
+    );
+    joe.iq(
+        "<iq type='get' id='ping'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "ping",
+        T,
+    )
+    .await;
+    assert_eq!(joe.request_ack(T).await, joe.outbound_count());
+    assert!(!joe.closed());
+    let bodies = joe
+        .received()
+        .iter()
+        .filter(|s| s.name == "message")
+        .count();
+    assert_eq!(bodies, 200, "each of bob's messages once");
+}
+
+/// A TCP drop and a resumption through the other listener: the session is still invisible,
+/// the contact shown by directed presence is told `unavailable` at the drop and sees the
+/// resource again after it, and no message is lost or duplicated.
+async fn tcp_drop_then_resume_stays_invisible(kind: Kind) {
+    let w = world(kind).await;
+    let st = w.direct("stpeter").await;
+    let pg = w.direct("pgmillard").await;
+    let bob = w.direct("bob").await;
+    let joe = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("phone").sm(true),
+    )
+    .await
+    .expect("joe");
+    let jid = joe.jid.clone();
+    let r = joe
+        .iq(
+            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
+            "inv",
+            T,
+        )
+        .await;
+    assert_eq!(r.type_(), Some("result"));
+    joe.send("<presence to='stpeter@localhost'><show>dnd</show></presence>")
+        .await;
+    st.wait_for("directed presence", T, |s| s.is_available_from(&jid))
+        .await;
+    for i in 0..5 {
+        bob.send(&format!(
+            "<message to='{jid}' id='before{i}'><body>before{i}</body></message>"
+        ))
+        .await;
+    }
+    joe.wait_for("before4", T, |s| s.body() == Some("before4"))
+        .await;
+    joe.request_ack(T).await;
+    joe.send("<message to='bob@localhost' id='unacked'><body>unacked</body></message>")
+        .await;
+
+    let snap = joe.sm_snapshot();
+    let mark_st = st.mark();
+    joe.drop_tcp();
+    // At the drop: stpeter (a roster contact shown by directed presence) is told.
+    st.wait_for_since(mark_st, "unavailable at the drop", T, |s| {
+        s.is_unavailable_from(&jid)
+    })
+    .await;
+    for i in 0..3 {
+        bob.send(&format!(
+            "<message to='{jid}' id='away{i}'><body>away{i}</body></message>"
+        ))
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mark_st = st.mark();
+    let id = snap.id.clone().expect("sm id");
+    let opts = Opts::new("phone")
+        .tls(Tls::Direct)
+        .mech(Mech::Plain)
+        .resume(&id, snap.inbound, &jid);
+    let joe = Client::connect(w.proxy.direct_tls, "joe", "joe-pw", opts)
+        .await
+        .unwrap_or_else(|e| panic!("resume through the proxy: {e}\n{}", w.server.log()));
+    let resumed = joe.resumed().expect("resumed");
+    let h: u32 = resumed.attr("h").and_then(|h| h.parse().ok()).expect("h");
+    for stanza in snap.unacked_after(h) {
+        joe.send(&stanza).await;
+    }
+    // The away messages arrive once each; the ones acked before the drop are not replayed.
+    for i in 0..3 {
+        let body = format!("away{i}");
+        joe.wait_for("message sent while away", T, |s| {
+            s.body() == Some(body.as_str())
+        })
+        .await;
+    }
+    bob.wait_for("joe's unacked message", T, |s| s.body() == Some("unacked"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let body = format!("away{i}");
+        let n = joe
+            .received()
+            .iter()
+            .filter(|s| s.body() == Some(body.as_str()))
+            .count();
+        assert_eq!(n, 1, "{body} delivered {n} times\n{}", joe.dump());
+    }
+    assert!(
+        !joe.received()
+            .iter()
+            .any(|s| s.body().is_some_and(|b| b.starts_with("before")))
+    );
+    assert_eq!(
+        bob.received()
+            .iter()
+            .filter(|s| s.body() == Some("unacked"))
+            .count(),
+        1
+    );
+
+    // stpeter sees the resource again; the session is still invisible to everyone else.
+    st.wait_for_since(mark_st, "presence again after the resumption", T, |s| {
+        s.is_available_from(&jid)
+    })
+    .await;
+    let mark_st = st.mark();
+    joe.send("<presence><show>chat</show></presence>").await;
+    pg.expect_none("any available presence from invisible joe", QUIET, |s| {
+        s.is_available_from(&jid)
+    })
+    .await;
+    st.expect_none_since(
+        mark_st,
+        "undirected presence from invisible joe",
+        Duration::from_millis(10),
+        |s| s.is_available_from(&jid),
+    )
+    .await;
+    assert_eq!(joe.request_ack(T).await, joe.outbound_count());
+    assert!(proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") >= 1.0);
+}
+
+/// A stream the proxy never saw (joe enabled stream management directly with the server) cannot
+/// be resumed through the proxy, although the server would resume it: the proxy does not know
+/// its invisibility, so it answers `<failed/>` itself. An unknown id too.
+async fn resume_the_proxy_does_not_hold_is_refused(kind: Kind) {
+    let w = world(kind).await;
+    let direct = Client::connect(
+        w.server.c2s_addr(),
+        "joe",
+        "joe-pw",
+        Opts::new("d").sm(true),
+    )
+    .await
+    .expect("joe");
+    let snap = direct.sm_snapshot();
+    let jid = direct.jid.clone();
+    direct.drop_tcp();
+    let id = snap.id.expect("sm id");
+    let err = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("d").resume(&id, snap.inbound, &jid),
+    )
+    .await
+    .err()
+    .expect("the proxy must refuse");
+    assert!(
+        err.contains("<failed") && err.contains("item-not-found"),
+        "{err}"
+    );
+    let err = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("x").resume("bogus", 0, &jid),
+    )
+    .await
+    .err()
+    .expect("unknown id");
+    assert!(err.contains("<failed"), "{err}");
+    assert!(proxy::metric("xmpp_veil_sm_resumptions_total{result=\"failed\"}") >= 2.0);
+}
+
+/// A fake upstream that offers stream management with a `location`, then redirects with
+/// `see-other-host`: neither reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_never_reach_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='f1' version='1.0'>";
+        let mut buf = vec![0u8; 65536];
+        let mut seen = String::new();
+        let mut step = 0;
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let reply = match step {
+                0 if seen.contains("<stream:stream") => format!(
+                    "{header}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+                     <mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+                ),
+                1 if seen.contains("</auth>") => "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into(),
+                2 if seen.matches("<stream:stream").count() >= 2 => format!(
+                    "{header}<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+                     <sm xmlns='urn:xmpp:sm:3'/></stream:features>"
+                ),
+                3 if seen.contains("</bind>") => {
+                    "<iq type='result' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                     <jid>joe@localhost/r</jid></bind></iq>"
+                        .into()
+                }
+                4 if seen.contains("<enable") => "<enabled xmlns='urn:xmpp:sm:3' id='sm1' resume='true' \
+                     location='elsewhere.example:5222' max='60'/>"
+                    .into(),
+                5 if seen.contains("redirect-me") => "<stream:error><see-other-host \
+                     xmlns='urn:ietf:params:xml:ns:xmpp-streams'>elsewhere.example:5222</see-other-host>\
+                     </stream:error></stream:stream>"
+                    .into(),
+                _ => continue,
+            };
+            step += 1;
+            if s.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = proxy::start(upstream, "plain", &[]).await;
+    let joe = Client::connect(
+        proxy.direct_tls,
+        "joe",
+        "pw",
+        Opts::new("r").tls(Tls::Direct).mech(Mech::Plain).sm(true),
+    )
+    .await
+    .expect("login through the fake upstream");
+    let enabled = joe.enabled().expect("enabled");
+    assert_eq!(enabled.attr("id"), Some("sm1"));
+    assert!(enabled.attr("location").is_none(), "{}", enabled.raw);
+    joe.send("<message to='redirect-me@localhost'><body>x</body></message>")
+        .await;
+    let e = joe
+        .wait_for("stream error", T, |s| s.is_stream_error())
+        .await;
+    assert_eq!(e.error_condition(), Some("system-shutdown"), "{}", e.raw);
+    assert!(
+        !joe.received().iter().any(|s| s.raw.contains("elsewhere")),
+        "{}",
+        joe.dump()
+    );
+    fake.abort();
+}
