@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::client::{Client, Mech, Opts, Tls, befriend};
 use common::proxy::{self, TestProxy};
-use common::servers::{Kind, Server, ServerOpts};
+use common::servers::{HIBERNATION_SECS, Kind, Server, ServerOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -24,10 +24,11 @@ struct World {
 }
 
 async fn world(kind: Kind) -> World {
-    let users: Vec<(&'static str, &'static str)> = ["joe", "stpeter", "pgmillard", "rynok", "bob"]
-        .iter()
-        .map(|u| (*u, &*Box::leak(pw(u).into_boxed_str())))
-        .collect();
+    let users: Vec<(&'static str, &'static str)> =
+        ["joe", "stpeter", "pgmillard", "rynok", "bob", "stranger"]
+            .iter()
+            .map(|u| (*u, &*Box::leak(pw(u).into_boxed_str())))
+            .collect();
     let server = Server::start(ServerOpts {
         kind,
         users,
@@ -85,6 +86,7 @@ both_servers!(
     counts_match_through_the_filter,
     tcp_drop_then_resume_stays_invisible,
     resume_the_proxy_does_not_hold_is_refused,
+    hibernation_timeout_still_tells_everyone,
 );
 
 /// Invisible IQ (consumed, answered by the proxy), withheld presence, XEP-0018 fan-out (one
@@ -402,4 +404,60 @@ async fn redirects_never_reach_the_client() {
         joe.dump()
     );
     fake.abort();
+}
+
+/// The invisibility promise across a resume window: invisible joe showed himself by directed
+/// presence to a roster contact and to a stranger; his connection drops and he never resumes.
+/// The contact is told `unavailable` at the drop (by the proxy: the server would leave a
+/// ghost), the stranger when the hibernated session times out (by the server, which tracks
+/// directed presence to non-roster entities).
+async fn hibernation_timeout_still_tells_everyone(kind: Kind) {
+    let w = world(kind).await;
+    let st = w.direct("stpeter").await;
+    let stranger = w.direct("stranger").await;
+    let pg = w.direct("pgmillard").await;
+    let joe = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("gone").sm(true),
+    )
+    .await
+    .expect("joe");
+    let jid = joe.jid.clone();
+    let r = joe
+        .iq(
+            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
+            "inv",
+            T,
+        )
+        .await;
+    assert_eq!(r.type_(), Some("result"));
+    joe.send("<presence to='stpeter@localhost'/>").await;
+    joe.send("<presence to='stranger@localhost'/>").await;
+    st.wait_for("directed presence", T, |s| s.is_available_from(&jid))
+        .await;
+    stranger
+        .wait_for("directed presence", T, |s| s.is_available_from(&jid))
+        .await;
+    let started = std::time::Instant::now();
+    joe.drop_tcp();
+    st.wait_for("unavailable at the drop", T, |s| {
+        s.is_unavailable_from(&jid)
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let window = Duration::from_secs(HIBERNATION_SECS + 10);
+    stranger
+        .wait_for("unavailable when the hibernation ends", window, |s| {
+            s.is_unavailable_from(&jid)
+        })
+        .await;
+    eprintln!("{kind:?}: stranger told after {:?}", started.elapsed());
+    pg.expect_none(
+        "any presence from invisible joe",
+        Duration::from_millis(10),
+        |s| s.is_presence_from(&jid),
+    )
+    .await;
 }

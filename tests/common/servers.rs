@@ -92,6 +92,10 @@ pub fn cert_paths() -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 }
 
 /// Free TCP ports on 127.0.0.1 (bound at once so they differ; small race after).
+/// How long the servers keep a stream-managed session after its connection dropped, in seconds:
+/// short, so that tests can watch it time out.
+pub const HIBERNATION_SECS: u64 = 6;
+
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0"))
@@ -375,6 +379,8 @@ http_ports = {{ }}
 https_ports = {{ }}
 component_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "lastactivity"; "smacks"; "posix" }}
+-- Short, so that tests can watch a hibernated session time out (the default is 600 s).
+smacks_hibernation_time = {hibernation}
 modules_disabled = {{ "s2s" }}
 authentication = "internal_plain"
 c2s_require_encryption = {req}
@@ -391,6 +397,7 @@ VirtualHost "localhost"
             certs = p(&d.join("certs")),
             c2s = self.c2s_port,
             direct = self.direct_tls_port,
+            hibernation = HIBERNATION_SECS,
             req = self.require_tls,
             plain = !self.require_tls,
             log = p(&d.join("prosody.log")),
@@ -508,7 +515,8 @@ modules:
   mod_roster: {{}}
   mod_disco: {{}}
   mod_last: {{}}
-  mod_stream_mgmt: {{}}
+  mod_stream_mgmt:
+    resume_timeout: {hibernation}
   mod_offline: {{}}
   mod_privacy: {{}}
   mod_caps: {{}}
@@ -518,6 +526,7 @@ modules:
             key = key.display(),
             c2s = self.c2s_port,
             direct = self.direct_tls_port,
+            hibernation = HIBERNATION_SECS,
             req = self.require_tls,
         );
         self.config = d.join("ejabberd.yml");
