@@ -45,8 +45,11 @@ pub struct Shared {
 
 /// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Read buffer grows by this much when it runs out of room.
+/// Read buffer of a busy leg (its last read filled what it had).
 const READ_CHUNK: usize = 8 * 1024;
+/// Read buffer of a quiet leg: an idle session should hold little memory (thousands of them
+/// sit idle for hours); a leg grows to [`READ_CHUNK`] as soon as a read fills this.
+const IDLE_CHUNK: usize = 512;
 
 /// Serves one client whose TLS is established: reads its stream header, connects upstream and
 /// relays until either side ends. `framer` may already hold bytes read after the handshake.
@@ -321,6 +324,9 @@ struct Relay<'a, C, U> {
     takeover: Option<mpsc::Receiver<oneshot::Sender<Detached>>>,
     /// The client must authenticate before this instant.
     auth_deadline: Instant,
+    /// Read buffer sizes of the two legs (see [`IDLE_CHUNK`]).
+    c_chunk: usize,
+    s_chunk: usize,
     shared: &'a Shared,
 }
 
@@ -359,6 +365,8 @@ where
             pending_resume: None,
             takeover: None,
             auth_deadline,
+            c_chunk: IDLE_CHUNK,
+            s_chunk: IDLE_CHUNK,
             shared,
         }
     }
@@ -380,8 +388,8 @@ where
     async fn pump(&mut self) -> End {
         loop {
             let shutdown = self.shared.shutdown.clone();
-            reserve(self.cf.buffer_mut());
-            reserve(self.sf.buffer_mut());
+            reserve(self.cf.buffer_mut(), self.c_chunk);
+            reserve(self.sf.buffer_mut(), self.s_chunk);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
@@ -393,6 +401,7 @@ where
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
                         self.counters.bytes_c2s.increment(n as u64);
+                        self.c_chunk = next_chunk(n, self.c_chunk);
                         self.client_frames()
                     }
                 },
@@ -401,6 +410,7 @@ where
                     Err(e) => Err(End::ServerGone(format!("read: {e}"))),
                     Ok(n) => {
                         self.counters.bytes_s2c.increment(n as u64);
+                        self.s_chunk = next_chunk(n, self.s_chunk);
                         self.server_frames()
                     }
                 },
@@ -416,6 +426,8 @@ where
             if let Err(end) = result {
                 return end;
             }
+            self.cf.release_if_empty();
+            self.sf.release_if_empty();
         }
     }
 
@@ -776,7 +788,7 @@ where
         let limit = self.shared.write_timeout;
         if !self.to_server.is_empty() {
             let r = tokio::time::timeout(limit, self.upstream.write_all(&self.to_server)).await;
-            self.to_server.clear();
+            clear_write_buffer(&mut self.to_server);
             match r {
                 Ok(r) => r.map_err(|e| End::ServerGone(format!("write: {e}")))?,
                 Err(_) => return Err(End::ServerGone("the server does not read".into())),
@@ -784,7 +796,7 @@ where
         }
         if !self.to_client.is_empty() {
             let r = tokio::time::timeout(limit, self.client.write_all(&self.to_client)).await;
-            self.to_client.clear();
+            clear_write_buffer(&mut self.to_client);
             match r {
                 Ok(r) => r.map_err(|_| End::ClientGone)?,
                 Err(_) => {
@@ -974,7 +986,7 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
             }
         }
         let buf = framer.buffer_mut();
-        reserve(buf);
+        reserve(buf, READ_CHUNK);
         match upstream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -982,9 +994,27 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
     }
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
+fn reserve(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 2 {
+        buf.reserve(chunk);
+    }
+}
+
+/// Empties a write queue, giving back the memory of an unusually large burst.
+fn clear_write_buffer(buf: &mut Vec<u8>) {
+    if buf.capacity() > 4 * READ_CHUNK {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
+
+/// A read that filled most of the buffer means more is coming: read bigger next time.
+fn next_chunk(read: usize, chunk: usize) -> usize {
+    if read >= chunk / 2 {
+        READ_CHUNK
+    } else {
+        IDLE_CHUNK
     }
 }
 

@@ -1027,6 +1027,14 @@ impl Framer {
         self.sc.restart_frame();
     }
 
+    /// Gives the receive buffer's memory back when nothing is buffered (an idle connection
+    /// should not hold a read buffer).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
