@@ -231,6 +231,16 @@ async fn xep0186_invisible_from_the_start(kind: Kind) {
         any_presence_from(&joe.jid),
     )
     .await;
+    // Nor does the end of his session tell them anything (no server-generated unavailable).
+    let jid = joe.jid.clone();
+    joe.close().await;
+    none_since(
+        &[&pg, &ry],
+        &[0, 0],
+        "any presence from invisible joe",
+        any_presence_from(&jid),
+    )
+    .await;
     assert!(
         proxy::metric(
             "xmpp_veil_invisibility_commands_total{protocol=\"xep0186\",command=\"invisible\"}"
