@@ -127,12 +127,13 @@ pub struct Policy {
     /// Invariant: never true while `vis.hides_anyone()`.
     server_broadcasting: bool,
     /// Entities that were shown available presence from this resource by a directed presence
-    /// (the client's or the proxy's) and have not been told `unavailable` since, with the
-    /// presence they were shown.
-    shown: BTreeMap<Jid, Bytes>,
+    /// (the client's or the proxy's) and have not been told `unavailable` since. The flag says
+    /// whether the server still records that directed presence (it forgets it when the client
+    /// sends that entity a presence error: measured on Prosody).
+    shown: BTreeMap<Jid, bool>,
     /// Entities told `unavailable` when the client's connection dropped with a resumable
-    /// stream, to be shown their presence again if the stream is resumed.
-    detached: Vec<(Jid, Bytes)>,
+    /// stream, to be shown the current presence again if the stream is resumed.
+    detached: Vec<Jid>,
     /// Seconds since the epoch when the session went invisible (XEP-0186 rule 8 timestamp).
     invisible_since: Option<u64>,
     probe: bool,
@@ -237,11 +238,18 @@ impl Policy {
         out: &mut Vec<Action>,
     ) -> Result<(), Violation> {
         let tag = StartTag::parse(raw)?;
+        let Some(me) = self.jid.as_ref().map(|j| j.to_bare()) else {
+            // No presence before resource binding: the server would not route it either.
+            presence::refuse(raw, "not-authorized", out);
+            return Ok(());
+        };
         let to = match tag.attr("to") {
             None => None,
-            Some(to) => match Jid::new(to) {
-                Ok(jid) => Some(jid),
-                Err(_) => {
+            Some(to) => match normalize(to) {
+                // Presence to one's own bare JID is undirected presence to the server.
+                Some(jid) if jid.resource().is_none() && jid.to_bare() == me => None,
+                Some(jid) => Some(jid),
+                None => {
                     // Cannot be tracked, so it cannot be allowed out.
                     presence::refuse(raw, "jid-malformed", out);
                     return Ok(());
@@ -258,6 +266,7 @@ impl Policy {
             (None, Some(to)) => presence::directed_available(self, raw, to, out),
             (Some("unavailable"), Some(to)) => presence::directed_unavailable(self, raw, to, out),
             // Subscription management, probes and errors reveal nothing about availability.
+            (Some("error"), Some(to)) => presence::error_to(self, raw, to, out),
             (
                 Some(
                     "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe" | "error",
@@ -308,6 +317,7 @@ impl Policy {
 
     /// The user's own server: the stream's domain (the request's `to` compared normalised).
     fn is_our_server(&self, to: &str) -> bool {
+        let to = to.strip_suffix('.').unwrap_or(to);
         Jid::new(to).is_ok_and(|j| {
             j.node().is_none() && j.resource().is_none() && j.domain().as_str() == self.domain
         })
@@ -328,6 +338,27 @@ impl Policy {
     fn next_id(&self, what: &str) -> String {
         format!("{}-{what}", self.id_prefix)
     }
+}
+
+/// A JID as the server compares it: stringprep-normalised, without a trailing dot on the domain
+/// (`joe@example.org.` is `joe@example.org`). `None` if it is not a JID.
+pub fn normalize(jid: &str) -> Option<Jid> {
+    let parsed = Jid::new(jid).ok()?;
+    if !parsed.domain().as_str().ends_with('.') {
+        return Some(parsed);
+    }
+    let domain = parsed.domain().as_str().trim_end_matches('.');
+    let mut s = String::new();
+    if let Some(node) = parsed.node() {
+        s.push_str(node.as_str());
+        s.push('@');
+    }
+    s.push_str(domain);
+    if let Some(resource) = parsed.resource() {
+        s.push('/');
+        s.push_str(resource.as_str());
+    }
+    Jid::new(&s).ok()
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ const UNAVAILABLE: &str = "<presence type='unavailable'/>";
 
 pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
     p.available = true;
-    p.last_presence = Some(raw.clone());
+    // A copy: a slice of the read buffer would keep the whole buffer alive.
+    p.last_presence = Some(Bytes::copy_from_slice(raw));
     if p.vis.hides_anyone() {
         metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
         fan_out(p, out);
@@ -52,7 +53,16 @@ pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut
         refuse(raw, "resource-constraint", out);
         return;
     }
-    p.shown.insert(to, raw.clone());
+    p.shown.insert(to, true);
+    out.push(Action::ToServer(raw.clone()));
+}
+
+/// A presence error to an entity: delivered. The server then forgets the directed presence it
+/// had recorded for that entity (Prosody), so the proxy must tell it `unavailable` itself.
+pub(super) fn error_to(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
+    if let Some(recorded) = p.shown.get_mut(&to) {
+        *recorded = false;
+    }
     out.push(Action::ToServer(raw.clone()));
 }
 
@@ -84,30 +94,29 @@ impl Policy {
     /// `unavailable` now, and their presence back if the stream is resumed ([`Policy::resumed`]).
     pub fn detach(&mut self, out: &mut Vec<Action>) {
         let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
-        let server_tracks = |p: &Policy, e: &Jid| {
+        let server_tracks = |p: &Policy, e: &Jid, recorded: bool| {
             p.server_covers(e)
-                || p.roster
-                    .as_ref()
-                    .is_some_and(|r| r.get(&e.to_bare()).is_none())
+                || (recorded && p.roster.as_ref().is_some_and(|r| r.get(&e.to_bare()).is_none()))
         };
-        let told: Vec<(Jid, Bytes)> = self
+        let told: Vec<Jid> = self
             .shown
             .iter()
-            .filter(|(e, _)| !server_tracks(self, e))
-            .map(|(e, b)| (e.clone(), b.clone()))
+            .filter(|(e, recorded)| !server_tracks(self, e, **recorded))
+            .map(|(e, _)| e.clone())
             .collect();
-        for (entity, _) in &told {
+        for entity in &told {
             push_directed(&unavailable, entity.as_str(), Action::ToServer, out);
             self.shown.remove(entity);
         }
         self.detached = told;
     }
 
-    /// The stream was resumed: the entities told `unavailable` at the drop see the resource again.
+    /// The stream was resumed: the entities told `unavailable` at the drop see the resource
+    /// again (the current presence; what else a directed presence carried is not kept).
     pub fn resumed(&mut self, out: &mut Vec<Action>) {
-        for (entity, presence) in std::mem::take(&mut self.detached) {
-            out.push(Action::ToServer(presence.clone()));
-            self.shown.insert(entity, presence);
+        let current = self.current_presence();
+        for entity in std::mem::take(&mut self.detached) {
+            show_to(self, &current, entity, out);
         }
     }
 }
@@ -191,8 +200,8 @@ pub(super) fn show_to(p: &mut Policy, presence: &Bytes, to: Jid, out: &mut Vec<A
         );
         return;
     }
-    if let Some(copy) = push_directed(presence, to.as_str(), Action::ToServer, out) {
-        p.shown.insert(to, copy);
+    if push_directed(presence, to.as_str(), Action::ToServer, out).is_some() {
+        p.shown.insert(to, true);
     }
 }
 

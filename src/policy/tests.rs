@@ -1421,3 +1421,60 @@ fn directed_invisible_beyond_the_limit_is_not_silently_ignored() {
         sorted(&fan_out)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review findings: self-addressed presence, trailing dots, presence before bind, detach after a
+// presence error.
+
+const BOTH_ST_PG: &[(&str, &str)] = &[("stpeter@foo.com", "both"), ("pgmillard@foo.com", "both")];
+
+#[test]
+fn presence_to_ones_own_bare_jid_is_undirected() {
+    let mut h = H::with_roster(BOTH_ST_PG);
+    h.command(INVISIBLE);
+    // The server would broadcast it: the proxy treats it as undirected, so it is withheld.
+    assert!(h.client("<presence to='joe@foo.com'><status>self</status></presence>").is_empty());
+    assert!(h.client("<presence to='JOE@foo.com.'/>").is_empty());
+    assert!(h.client("<presence type='unavailable' to='joe@foo.com'/>").is_empty());
+    assert!(h.shown().is_empty());
+    // XEP-0018 "visible to myself" is "visible": the server gets the presence, once.
+    let outs = h.client("<presence type='visible' to='joe@foo.com'/>");
+    assert!(outs.iter().all(|o| o.to.is_none()), "{:?}", briefs(&outs));
+}
+
+#[test]
+fn a_trailing_dot_names_the_same_contact() {
+    let mut h = H::with_roster(BOTH_ST_PG);
+    h.client("<presence to='stpeter@foo.com.' type='invisible'/>");
+    let outs = h.client(XA);
+    assert!(
+        outs.iter().all(|o| o.to.as_deref() != Some("stpeter@foo.com")),
+        "stpeter is hidden: {:?}",
+        sorted(&outs)
+    );
+    assert!(outs.iter().any(|o| o.to.as_deref() == Some("pgmillard@foo.com")));
+}
+
+#[test]
+fn no_presence_before_resource_binding() {
+    let mut h = H::fresh();
+    let outs = h.client("<presence/>");
+    assert_eq!(briefs(&outs), ["client presence type=error"]);
+}
+
+#[test]
+fn detach_tells_a_stranger_the_server_forgot_after_a_presence_error() {
+    let mut h = H::with_roster(BOTH_ST_PG);
+    h.command(INVISIBLE);
+    h.client("<presence to='stranger@bar.org'/>");
+    h.client("<presence to='other@bar.org'/>");
+    h.client("<presence type='error' to='stranger@bar.org'/>");
+    let mut out = Vec::new();
+    h.p.detach(&mut out);
+    let outs = check(out);
+    // The server still tells other@bar.org itself; it forgot stranger@bar.org.
+    assert_eq!(briefs(&outs), ["server presence to=stranger@bar.org type=unavailable"]);
+    let mut out = Vec::new();
+    h.p.resumed(&mut out);
+    assert_eq!(briefs(&check(out)), ["server presence to=stranger@bar.org"]);
+}
