@@ -28,7 +28,9 @@ use crate::resume::{DEFAULT_KEEP, Detached, ResumeStore};
 use crate::stream::errors::{NS_STREAMS, client_stream_header, stream_error};
 use crate::stream::sm::{Counter as SmCounter, NS_SM2, NS_SM3};
 use crate::stream::upstream::{self, Upstream, UpstreamConfig};
-use crate::stream::{NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element};
+use crate::stream::{
+    NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element, sasl,
+};
 use crate::xml::element::{remove_start_tag_attr, set_start_tag_attr};
 use crate::xml::{Element, ElementKind, Frame, FrameError, Framer, Limits};
 
@@ -216,8 +218,14 @@ enum End {
     ClientError(&'static str, String),
     /// The server closed its stream (after a stream error, if it sent one).
     ServerClosed,
-    /// The server's connection dropped, or it sent bad XML.
+    /// The server's connection dropped or stalled: nothing more can be said to it.
     ServerGone(String),
+    /// The server sent something the proxy cannot relay, but its connection still works: the
+    /// session ends, and the pending `unavailable`s still go out before the stream close.
+    ServerUnreadable(String),
+    /// The client stopped reading: like a drop (its stream may be resumed), but it is also
+    /// sent a stream error in case it reads again.
+    ClientStalled,
     /// The proxy is shutting down.
     Shutdown,
     /// The client resumed this stream on another connection, which asks for the state.
@@ -230,6 +238,8 @@ struct Sm {
     ns: &'static str,
     /// Set when the server enabled resumption.
     id: Option<String>,
+    /// The client's `<enable/>` awaits the server's answer.
+    enable_pending: bool,
     keep: Duration,
     c2s: SmCounter,
     s2c: SmCounter,
@@ -240,6 +250,7 @@ impl Sm {
         Sm {
             ns,
             id: None,
+            enable_pending: false,
             keep: DEFAULT_KEEP,
             c2s: SmCounter::default(),
             s2c: SmCounter::default(),
@@ -316,6 +327,9 @@ struct Relay<'a, C, U> {
     jid_known: bool,
     /// SASL succeeded on this connection (a `<resume/>` is only taken after it).
     authenticated: bool,
+    /// Who the client authenticated as (from its `<auth/>`): only that user's stream is resumed.
+    sasl_user: Option<String>,
+    domain: String,
     sm: Option<Sm>,
     resume_request: Option<ResumeRequest>,
     /// A resumption forwarded to the server, with the state it will continue with.
@@ -346,7 +360,12 @@ where
             client,
             upstream,
             cf,
-            sf: Framer::with_limits(shared.limits),
+            // The server is trusted with deeper and wider elements than clients; its size bound stays.
+            sf: Framer::with_limits(Limits {
+                max_depth: crate::xml::framer::MAX_DEPTH,
+                max_attributes: usize::MAX,
+                ..shared.limits
+            }),
             policy: Policy::new(
                 &domain,
                 &format!("veil{:x}{conn_id:x}", nanos() & 0xffff_ffff),
@@ -360,6 +379,8 @@ where
             hidden: false,
             jid_known: false,
             authenticated: false,
+            sasl_user: None,
+            domain: domain.clone(),
             sm: None,
             resume_request: None,
             pending_resume: None,
@@ -411,7 +432,8 @@ where
                     Ok(n) => {
                         self.counters.bytes_s2c.increment(n as u64);
                         self.s_chunk = next_chunk(n, self.s_chunk);
-                        self.server_frames()
+                        // A resumption may have settled: the client's waiting stanzas go on.
+                        self.server_frames().and_then(|()| self.client_frames())
                     }
                 },
             };
@@ -433,7 +455,9 @@ where
 
     /// Handles every complete frame from the client.
     fn client_frames(&mut self) -> Result<(), End> {
-        while self.resume_request.is_none() {
+        // While a resumption is open, the client's next stanzas belong to the resumed session:
+        // they wait until the server has answered (and the resumed policy is in place).
+        while self.resume_request.is_none() && self.pending_resume.is_none() {
             let frame = match self.cf.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -468,13 +492,14 @@ where
     /// Non-stanza elements from the client: SASL passes (never logged); what would take the
     /// stream out of the proxy's sight is answered by the proxy instead.
     fn client_stream_element(&mut self, raw: Bytes) -> Result<(), End> {
-        let prefixes: Vec<(&str, &str)> = self
-            .client_prefixes
-            .iter()
-            .map(|(p, n)| (p.as_str(), n.as_str()))
-            .collect();
-        let element = Element::parse(&raw, NS_CLIENT, &prefixes).map_err(client_error)?;
+        let element = Element::parse(&raw, NS_CLIENT, &prefix_refs(&self.client_prefixes))
+            .map_err(client_error)?;
         match (element.name.as_str(), element.ns.as_str()) {
+            ("auth", NS_SASL) => {
+                self.sasl_user = sasl::auth_user(&element);
+                self.to_server.extend_from_slice(&raw);
+                Ok(())
+            }
             ("starttls", NS_TLS) => Err(End::ClientError(
                 "policy-violation",
                 "TLS is already established".into(),
@@ -486,15 +511,24 @@ where
                 Ok(())
             }
             ("enable", ns @ (NS_SM2 | NS_SM3)) => {
+                if self.sm.is_some() || self.pending_resume.is_some() {
+                    // Once per stream: a second one would reset the proxy's counts while the
+                    // server keeps its own.
+                    self.to_client
+                        .extend_from_slice(sm_failed(ns, "unexpected-request").as_bytes());
+                    return Ok(());
+                }
                 self.to_server.extend_from_slice(&raw);
                 // The server counts the client's stanzas from here on.
-                let sm = self.sm.get_or_insert_with(|| Sm::new(static_ns(ns)));
+                let mut sm = Sm::new(static_ns(ns));
+                sm.enable_pending = true;
                 sm.c2s.enable();
+                self.sm = Some(sm);
                 Ok(())
             }
             ("resume", ns @ (NS_SM2 | NS_SM3)) => {
                 let previd = element.attr("previd").unwrap_or_default().to_owned();
-                let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
+                let h = parse_h(&element);
                 match h {
                     Some(h) if self.authenticated && !previd.is_empty() => {
                         self.resume_request = Some(ResumeRequest {
@@ -511,10 +545,9 @@ where
             ("a", NS_SM2 | NS_SM3) => {
                 // The client's count of what it received, as the server must see it.
                 if let Some(sm) = self.sm.as_mut().filter(|sm| sm.s2c.is_enabled()) {
-                    let h = element
-                        .attr("h")
-                        .and_then(|h| h.parse::<u32>().ok())
-                        .unwrap_or(0);
+                    let h = parse_h(&element).ok_or_else(|| {
+                        End::ClientError("undefined-condition", "<a/> without a valid h".into())
+                    })?;
                     let mapped = sm.s2c.ack(h);
                     self.to_server.extend_from_slice(&with_h(&raw, mapped)?);
                 }
@@ -538,18 +571,18 @@ where
     fn refuse_resume(&mut self, ns: &str, condition: &str) {
         metrics::counter!(m::SM_RESUMPTIONS, "result" => "failed").increment(1);
         tracing::info!(condition, "resumption refused by the proxy");
-        self.to_client.extend_from_slice(
-            format!(
-                "<failed xmlns='{ns}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
-            )
-            .as_bytes(),
-        );
+        self.to_client
+            .extend_from_slice(sm_failed(ns, condition).as_bytes());
     }
 
     /// Looks up the state of the session to resume (asking its live connection if needed) and,
     /// if the proxy holds it, forwards the `<resume/>` with the count the server must see.
     async fn start_resume(&mut self, request: ResumeRequest) {
-        let Some(state) = self.shared.resume.take(&request.previd).await else {
+        let Some(requester) = self.requester() else {
+            self.refuse_resume(request.ns, "not-authorized");
+            return;
+        };
+        let Some(state) = self.shared.resume.take(&request.previd, &requester).await else {
             self.refuse_resume(request.ns, "item-not-found");
             return;
         };
@@ -566,15 +599,29 @@ where
         }
     }
 
+    /// The bare JID the client authenticated as.
+    fn requester(&self) -> Option<jid::BareJid> {
+        let user = self.sasl_user.as_deref()?;
+        let jid = if user.contains('@') {
+            user.to_owned()
+        } else {
+            format!("{user}@{}", self.domain)
+        };
+        crate::policy::normalize(&jid).map(|j| j.to_bare())
+    }
+
     /// The server resumed the stream: this connection continues the detached session.
     fn resumed(&mut self, raw: &Bytes, element: &Element) -> Result<(), End> {
         let Some((id, mut state, client_h)) = self.pending_resume.take() else {
-            return Err(End::ServerGone("<resumed/> without a resumption".into()));
+            return Err(End::ServerUnreadable(
+                "<resumed/> without a resumption".into(),
+            ));
         };
-        let server_h = element
-            .attr("h")
-            .and_then(|h| h.parse::<u32>().ok())
-            .unwrap_or(0);
+        let Some(server_h) = parse_h(element) else {
+            // The state goes back to the store: the server's answer cannot be trusted.
+            self.shared.resume.put(&id, state);
+            return Err(End::ServerUnreadable("<resumed/> without a valid h".into()));
+        };
         let client_count = state.c2s.peek_ack(server_h);
         state.c2s.rebase(server_h);
         let lost = state.s2c.rebase(client_h);
@@ -586,7 +633,10 @@ where
         }
         self.policy = state.policy;
         self.jid_known = false;
-        self.takeover = Some(self.shared.resume.register_live(&id));
+        self.takeover = self
+            .policy
+            .jid()
+            .map(|j| self.shared.resume.register_live(&id, j.to_bare()));
         let mut sm = Sm::new(state.ns);
         sm.id = Some(id);
         sm.keep = state.keep;
@@ -610,13 +660,17 @@ where
             let frame = match self.sf.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(End::ServerGone(format!("the server sent bad XML: {e}"))),
+                Err(e) => {
+                    return Err(End::ServerUnreadable(format!(
+                        "the server sent bad XML: {e}"
+                    )));
+                }
             };
             match frame {
                 Frame::Whitespace(raw) => self.to_client.extend_from_slice(&raw),
                 Frame::StreamHeader(raw) => {
-                    let header =
-                        StreamHeader::parse(&raw).map_err(|e| End::ServerGone(e.to_string()))?;
+                    let header = StreamHeader::parse(&raw)
+                        .map_err(|e| End::ServerUnreadable(e.to_string()))?;
                     self.server_prefixes = header.prefixes;
                     self.to_client.extend_from_slice(&raw);
                 }
@@ -630,10 +684,10 @@ where
                         self.server_stream_element(raw)?;
                     } else {
                         if let Err(v) = self.policy.from_server(&raw, kind, &mut self.actions) {
-                            return Err(End::ServerGone(format!(
-                                "unusable stanza from the server: {}",
-                                v.reason
-                            )));
+                            // A stanza the policy cannot judge is not forwarded (fail closed);
+                            // the session goes on.
+                            tracing::warn!(reason = %v.reason, "stanza from the server dropped");
+                            self.actions.clear();
                         }
                         self.apply_actions(Origin::Server)?;
                     }
@@ -643,13 +697,8 @@ where
     }
 
     fn server_stream_element(&mut self, raw: Bytes) -> Result<(), End> {
-        let prefixes: Vec<(&str, &str)> = self
-            .server_prefixes
-            .iter()
-            .map(|(p, n)| (p.as_str(), n.as_str()))
-            .collect();
-        let element = Element::parse(&raw, NS_CLIENT, &prefixes)
-            .map_err(|e| End::ServerGone(e.to_string()))?;
+        let element = Element::parse(&raw, NS_CLIENT, &prefix_refs(&self.server_prefixes))
+            .map_err(|e| End::ServerUnreadable(e.to_string()))?;
         match (element.name.as_str(), element.ns.as_str()) {
             ("features", NS_STREAMS) => match features::rewrite(&raw, &element) {
                 Some(rewritten) => self.to_client.extend_from_slice(&rewritten),
@@ -664,19 +713,21 @@ where
             ("enabled", NS_SM2 | NS_SM3) => {
                 // `location` would send a resuming client around the proxy.
                 let rewritten = remove_start_tag_attr(&raw, "location")
-                    .map_err(|e| End::ServerGone(e.to_string()))?;
+                    .map_err(|e| End::ServerUnreadable(e.to_string()))?;
                 self.to_client.extend_from_slice(&rewritten);
                 let sm = self
                     .sm
                     .get_or_insert_with(|| Sm::new(static_ns(&element.ns)));
+                sm.enable_pending = false;
                 sm.s2c.enable();
                 if let Some(max) = element.attr("max").and_then(|m| m.parse::<u64>().ok()) {
                     sm.keep = Duration::from_secs(max);
                 }
                 let resumable = matches!(element.attr("resume"), Some("true" | "1"));
-                if let (true, Some(id)) = (resumable, element.attr("id")) {
+                let owner = self.policy.jid().map(|j| j.to_bare());
+                if let (true, Some(id), Some(owner)) = (resumable, element.attr("id"), owner) {
                     sm.id = Some(id.to_owned());
-                    self.takeover = Some(self.shared.resume.register_live(id));
+                    self.takeover = Some(self.shared.resume.register_live(id, owner));
                 }
             }
             ("resumed", NS_SM2 | NS_SM3) => self.resumed(&raw, &element)?,
@@ -686,17 +737,16 @@ where
                     // its rightful owner until it expires.
                     self.shared.resume.put(&id, state);
                     metrics::counter!(m::SM_RESUMPTIONS, "result" => "failed").increment(1);
-                } else {
+                } else if self.sm.as_ref().is_some_and(|sm| sm.enable_pending) {
+                    // The server refused to enable stream management: nothing to count.
                     self.sm = None;
                 }
                 self.to_client.extend_from_slice(&raw);
             }
             ("a", NS_SM2 | NS_SM3) => match self.sm.as_mut().filter(|sm| sm.c2s.is_enabled()) {
                 Some(sm) => {
-                    let h = element
-                        .attr("h")
-                        .and_then(|h| h.parse::<u32>().ok())
-                        .unwrap_or(0);
+                    let h = parse_h(&element)
+                        .ok_or_else(|| End::ServerUnreadable("<a/> without a valid h".into()))?;
                     let mapped = sm.c2s.ack(h);
                     self.to_client.extend_from_slice(&with_h(&raw, mapped)?);
                 }
@@ -795,16 +845,18 @@ where
             }
         }
         if !self.to_client.is_empty() {
-            let r = tokio::time::timeout(limit, self.client.write_all(&self.to_client)).await;
+            // A client that resumed elsewhere may be the reason this write does not finish.
+            let r = tokio::select! {
+                r = tokio::time::timeout(limit, self.client.write_all(&self.to_client)) => r,
+                request = takeover_request(&mut self.takeover) => {
+                    clear_write_buffer(&mut self.to_client);
+                    return Err(End::TakenOver(request));
+                }
+            };
             clear_write_buffer(&mut self.to_client);
             match r {
                 Ok(r) => r.map_err(|_| End::ClientGone)?,
-                Err(_) => {
-                    return Err(End::ClientError(
-                        "resource-constraint",
-                        "the client does not read what it is sent".into(),
-                    ));
-                }
+                Err(_) => return Err(End::ClientStalled),
             }
         }
         Ok(())
@@ -815,39 +867,46 @@ where
     async fn finish(mut self, end: End) {
         let upstream_open = !matches!(end, End::ServerClosed | End::ServerGone(_));
         let resumable = self.sm.as_ref().is_some_and(|sm| sm.id.is_some());
-        if upstream_open && resumable && matches!(end, End::ClientGone | End::TakenOver(_)) {
+        let client_lost = matches!(
+            end,
+            End::ClientGone | End::ClientStalled | End::TakenOver(_)
+        );
+        if upstream_open && resumable && client_lost {
             return self.detach(end).await;
         }
         if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.as_deref()) {
             self.shared.resume.forget(id);
         }
-        match &end {
-            End::ClientError(condition, reason) => {
-                tracing::info!(condition, reason, "client stream error");
-                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => *condition).increment(1);
-                self.to_client
-                    .extend_from_slice(&stream_error(condition, reason));
-            }
-            End::Shutdown => {
-                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "system-shutdown")
-                    .increment(1);
-                self.to_client.extend_from_slice(&stream_error(
-                    "system-shutdown",
-                    "the proxy is shutting down",
-                ));
-            }
-            End::ClientClosed => self.to_client.extend_from_slice(b"</stream:stream>"),
-            End::ClientGone | End::TakenOver(_) => tracing::info!("client connection lost"),
-            End::ServerClosed => tracing::info!("server closed the stream"),
-            End::ServerGone(reason) => {
+        let client_error = match &end {
+            End::ClientError(condition, reason) => Some((*condition, reason.as_str())),
+            End::ClientStalled => Some((
+                "resource-constraint",
+                "the client does not read what it is sent",
+            )),
+            End::Shutdown => Some(("system-shutdown", "the proxy is shutting down")),
+            End::ServerGone(_) | End::ServerUnreadable(_) => Some((
+                "remote-connection-failed",
+                "the connection to the server was lost",
+            )),
+            End::ClientClosed | End::ClientGone | End::TakenOver(_) | End::ServerClosed => None,
+        };
+        match (&end, client_error) {
+            (End::ServerGone(reason) | End::ServerUnreadable(reason), _) => {
                 tracing::warn!(reason, "upstream lost");
-                metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "remote-connection-failed").increment(1);
-                self.to_client.extend_from_slice(&stream_error(
-                    "remote-connection-failed",
-                    "the connection to the server was lost",
-                ));
             }
+            (_, Some((condition, reason))) => {
+                tracing::info!(condition, reason, "stream error to the client")
+            }
+            _ => tracing::info!(?end, "session ending"),
         }
+        if let Some((condition, reason)) = client_error {
+            metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+            self.to_client
+                .extend_from_slice(&stream_error(condition, reason));
+        } else if matches!(end, End::ClientClosed) {
+            self.to_client.extend_from_slice(b"</stream:stream>");
+        }
+        // (On ServerClosed the server's own close was relayed already.)
         if upstream_open {
             self.policy.session_end(&mut self.actions);
             let told = self.actions.len();
@@ -861,16 +920,14 @@ where
                 entities = self.policy.shown().count(),
                 "upstream gone: entities shown this resource by directed presence cannot be told unavailable"
             );
-        } else if matches!(end, End::ServerClosed) {
-            self.to_client.extend_from_slice(b"</stream:stream>");
         }
-        // Best effort from here on: either leg may already be gone.
+        // Best effort from here on, each step bounded: either leg may be gone or stalled.
         let to_server = std::mem::take(&mut self.to_server);
         let to_client = std::mem::take(&mut self.to_client);
         if upstream_open {
-            let _ = self.upstream.write_all(&to_server).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.upstream.write_all(&to_server)).await;
         }
-        if !matches!(end, End::ClientGone | End::TakenOver(_)) {
+        if !client_lost || matches!(end, End::ClientStalled) {
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
                 let _ = self.client.write_all(&to_client).await;
                 let _ = self.client.shutdown().await;
@@ -879,12 +936,11 @@ where
         }
         if upstream_open {
             // Give the server time to process the unavailables and answer the close.
-            let _ = tokio::time::timeout(
-                CLOSE_GRACE,
-                drain_until_closed(&mut self.upstream, &mut self.sf),
-            )
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                drain_until_closed(&mut self.upstream, &mut self.sf).await;
+                let _ = self.upstream.shutdown().await;
+            })
             .await;
-            let _ = self.upstream.shutdown().await;
         }
         if self.hidden {
             metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
@@ -926,6 +982,7 @@ where
             ns,
             id: Some(id),
             keep,
+            enable_pending: _,
             c2s,
             s2c,
         }) = sm
@@ -962,6 +1019,26 @@ async fn takeover_request(
         },
         None => std::future::pending().await,
     }
+}
+
+/// A stream-management `<failed/>` with a stanza error condition.
+fn sm_failed(ns: &str, condition: &str) -> String {
+    format!(
+        "<failed xmlns='{ns}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    )
+}
+
+/// The `h` of an `<a/>`, `<resume/>` or `<resumed/>`: a u32, required.
+fn parse_h(element: &Element) -> Option<u32> {
+    element.attr("h").and_then(|h| h.trim().parse::<u32>().ok())
+}
+
+/// Prefix bindings as the element parser takes them.
+fn prefix_refs(prefixes: &[(String, String)]) -> Vec<(&str, &str)> {
+    prefixes
+        .iter()
+        .map(|(p, n)| (p.as_str(), n.as_str()))
+        .collect()
 }
 
 /// The stream-management namespace as a static string (it was matched against one).

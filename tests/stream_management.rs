@@ -461,3 +461,162 @@ async fn hibernation_timeout_still_tells_everyone(kind: Kind) {
     )
     .await;
 }
+
+/// Review findings, end to end: stanzas pipelined right after `<resume/>` are judged by the
+/// resumed (invisible) session; a second `<enable/>` does not break the counts; a stanza from
+/// the server that the proxy cannot relay ends the session with the `unavailable`s said.
+mod review {
+    use super::*;
+    use base64::Engine as _;
+    use common::client::tls_client_config;
+    use rustls::pki_types::ServerName;
+    use tokio_rustls::TlsConnector;
+
+    async fn read_until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, what: &str) -> String {
+        let mut seen = String::new();
+        let mut buf = [0u8; 8192];
+        let deadline = tokio::time::Instant::now() + T;
+        while !seen.contains(what) {
+            let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {what} in: {seen}"))
+                .unwrap_or(0);
+            assert!(n > 0, "closed before {what}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stanzas_pipelined_after_resume_are_judged_by_the_resumed_session() {
+        let w = world(Kind::Prosody).await;
+        let pg = w.direct("pgmillard").await;
+        let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("p").sm(true))
+            .await
+            .expect("joe");
+        let r = joe
+            .iq(
+                "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
+                "inv",
+                T,
+            )
+            .await;
+        assert_eq!(r.type_(), Some("result"));
+        let snap = joe.sm_snapshot();
+        let jid = joe.jid.clone();
+        joe.drop_tcp();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let tcp = tokio::net::TcpStream::connect(w.proxy.direct_tls)
+            .await
+            .unwrap();
+        let mut s = TlsConnector::from(tls_client_config(true))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let header = "<stream:stream to='localhost' xmlns='jabber:client' \
+                      xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+        s.write_all(header.as_bytes()).await.unwrap();
+        read_until(&mut s, "</stream:features>").await;
+        let plain = base64::engine::general_purpose::STANDARD.encode(b"\0joe\0joe-pw");
+        s.write_all(
+            format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_until(&mut s, "<success").await;
+        s.write_all(header.as_bytes()).await.unwrap();
+        read_until(&mut s, "</stream:features>").await;
+        let id = snap.id.expect("sm id");
+        s.write_all(
+            format!(
+                "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='{}'/><presence><show>chat</show></presence>",
+                snap.inbound
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut seen = read_until(&mut s, "<resumed").await;
+        pg.expect_none("presence from invisible joe", QUIET, |st| {
+            st.is_presence_from(&jid)
+        })
+        .await;
+        // The presence was handled by the resumed session (withheld), not refused by a fresh one.
+        let mut buf = [0u8; 8192];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(!seen.contains("type='error'"), "{seen}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_enable_is_refused_and_counting_goes_on() {
+        let w = world(Kind::Prosody).await;
+        let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("e").sm(true))
+            .await
+            .expect("joe");
+        joe.send("<message to='bob@localhost'><body>1</body></message>")
+            .await;
+        joe.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        let failed = joe.wait_for("failed", T, |s| s.name == "failed").await;
+        assert!(failed.raw.contains("unexpected-request"), "{}", failed.raw);
+        joe.send("<message to='bob@localhost'><body>2</body></message>")
+            .await;
+        assert_eq!(joe.request_ack(T).await, joe.outbound_count());
+        assert!(!joe.closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unrelayable_server_stanza_still_ends_with_the_unavailables() {
+        let w = world(Kind::Prosody).await;
+        let st = w.direct("stpeter").await;
+        let bob = w.direct("bob").await;
+        let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("d"))
+            .await
+            .expect("joe");
+        let r = joe
+            .iq(
+                "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
+                "inv",
+                T,
+            )
+            .await;
+        assert_eq!(r.type_(), Some("result"));
+        joe.send("<presence to='stpeter@localhost'/>").await;
+        st.wait_for("directed presence", T, |s| s.is_available_from(&joe.jid))
+            .await;
+        let mark = st.mark();
+        // Deeper than the proxy accepts (--max-depth 64 on the client leg; the server leg has
+        // its own, larger bound, so a deeper one is needed to reach it).
+        let deep = format!(
+            "<message to='{}'>{}{}</message>",
+            joe.jid,
+            "<x>".repeat(300),
+            "</x>".repeat(300)
+        );
+        bob.send(&deep).await;
+        let e = joe
+            .wait_for("stream error", T, |s| s.is_stream_error())
+            .await;
+        assert_eq!(
+            e.error_condition(),
+            Some("remote-connection-failed"),
+            "{}",
+            e.raw
+        );
+        st.wait_for_since(mark, "unavailable at the end", T, |s| {
+            s.is_unavailable_from(&joe.jid)
+        })
+        .await;
+    }
+}

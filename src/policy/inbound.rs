@@ -134,7 +134,7 @@ impl Policy {
             return;
         }
         let current = self.current_presence();
-        let unavailable = Bytes::from_static(b"<presence type='unavailable'/>");
+        let unavailable = presence::UNAVAILABLE;
         for change in changes {
             let was = change.before.is_some_and(|s| s.sees_user());
             let is = change.after.is_some_and(|s| s.sees_user());

@@ -21,7 +21,8 @@ use jid::{BareJid, Jid};
 use super::{Action, MAX_SHOWN, Policy};
 use crate::xml::element::{escape, set_start_tag_attr};
 
-const UNAVAILABLE: &str = "<presence type='unavailable'/>";
+/// A plain undirected `unavailable`; directed copies are made from it.
+pub(super) const UNAVAILABLE: Bytes = Bytes::from_static(b"<presence type='unavailable'/>");
 
 pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
     p.available = true;
@@ -82,7 +83,7 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &m
 /// The pump sends these before it closes the upstream stream.
 impl Policy {
     pub fn session_end(&mut self, out: &mut Vec<Action>) {
-        let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+        let unavailable = UNAVAILABLE;
         tell_unavailable(self, &unavailable, |_| true, out);
         self.available = false;
     }
@@ -93,10 +94,13 @@ impl Policy {
     /// Prosody and ejabberd). The roster contacts that only the proxy showed the resource to get
     /// `unavailable` now, and their presence back if the stream is resumed ([`Policy::resumed`]).
     pub fn detach(&mut self, out: &mut Vec<Action>) {
-        let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+        let unavailable = UNAVAILABLE;
         let server_tracks = |p: &Policy, e: &Jid, recorded: bool| {
             p.server_covers(e)
-                || (recorded && p.roster.as_ref().is_some_and(|r| r.get(&e.to_bare()).is_none()))
+                || (recorded
+                    && p.roster
+                        .as_ref()
+                        .is_some_and(|r| r.get(&e.to_bare()).is_none()))
         };
         let told: Vec<Jid> = self
             .shown
@@ -128,7 +132,7 @@ pub(super) fn stop_server_broadcast(p: &mut Policy, out: &mut Vec<Action>) {
     if !p.server_broadcasting {
         return;
     }
-    let unavailable = Bytes::from_static(UNAVAILABLE.as_bytes());
+    let unavailable = UNAVAILABLE;
     out.push(Action::ToServer(unavailable.clone()));
     tell_unavailable(p, &unavailable, |_| true, out);
     p.server_broadcasting = false;

@@ -1433,9 +1433,15 @@ fn presence_to_ones_own_bare_jid_is_undirected() {
     let mut h = H::with_roster(BOTH_ST_PG);
     h.command(INVISIBLE);
     // The server would broadcast it: the proxy treats it as undirected, so it is withheld.
-    assert!(h.client("<presence to='joe@foo.com'><status>self</status></presence>").is_empty());
+    assert!(
+        h.client("<presence to='joe@foo.com'><status>self</status></presence>")
+            .is_empty()
+    );
     assert!(h.client("<presence to='JOE@foo.com.'/>").is_empty());
-    assert!(h.client("<presence type='unavailable' to='joe@foo.com'/>").is_empty());
+    assert!(
+        h.client("<presence type='unavailable' to='joe@foo.com'/>")
+            .is_empty()
+    );
     assert!(h.shown().is_empty());
     // XEP-0018 "visible to myself" is "visible": the server gets the presence, once.
     let outs = h.client("<presence type='visible' to='joe@foo.com'/>");
@@ -1448,11 +1454,15 @@ fn a_trailing_dot_names_the_same_contact() {
     h.client("<presence to='stpeter@foo.com.' type='invisible'/>");
     let outs = h.client(XA);
     assert!(
-        outs.iter().all(|o| o.to.as_deref() != Some("stpeter@foo.com")),
+        outs.iter()
+            .all(|o| o.to.as_deref() != Some("stpeter@foo.com")),
         "stpeter is hidden: {:?}",
         sorted(&outs)
     );
-    assert!(outs.iter().any(|o| o.to.as_deref() == Some("pgmillard@foo.com")));
+    assert!(
+        outs.iter()
+            .any(|o| o.to.as_deref() == Some("pgmillard@foo.com"))
+    );
 }
 
 #[test]
@@ -1473,7 +1483,10 @@ fn detach_tells_a_stranger_the_server_forgot_after_a_presence_error() {
     h.p.detach(&mut out);
     let outs = check(out);
     // The server still tells other@bar.org itself; it forgot stranger@bar.org.
-    assert_eq!(briefs(&outs), ["server presence to=stranger@bar.org type=unavailable"]);
+    assert_eq!(
+        briefs(&outs),
+        ["server presence to=stranger@bar.org type=unavailable"]
+    );
     let mut out = Vec::new();
     h.p.resumed(&mut out);
     assert_eq!(briefs(&check(out)), ["server presence to=stranger@bar.org"]);

@@ -16,7 +16,6 @@
 //!
 //! Exceptions are kept per bare JID: hiding from a contact hides from all its resources.
 
-use bytes::Bytes;
 use jid::{BareJid, Jid};
 
 use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, xep0186};
@@ -60,7 +59,7 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
         p.vis.set_for(contact, Mode::Invisible);
         presence::fan_out(p, out);
     } else {
-        let unavailable = Bytes::from_static(b"<presence type='unavailable'/>");
+        let unavailable = presence::UNAVAILABLE;
         presence::tell_unavailable(p, &unavailable, |e| e.to_bare() == contact, out);
         p.vis.set_for(contact, Mode::Invisible);
     }

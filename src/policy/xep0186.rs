@@ -72,7 +72,7 @@ fn go_visible(p: &mut Policy) {
 /// Rule 2: `unavailable` to every entity that would get it had the client sent unavailable.
 pub(super) fn hide_from_everyone(p: &mut Policy, out: &mut Vec<Action>) {
     presence::stop_server_broadcast(p, out);
-    let unavailable = Bytes::from_static(b"<presence type='unavailable'/>");
+    let unavailable = presence::UNAVAILABLE;
     presence::tell_unavailable(p, &unavailable, |_| true, out);
 }
 

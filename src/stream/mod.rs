@@ -8,6 +8,7 @@
 pub mod client;
 pub mod errors;
 pub mod features;
+pub mod sasl;
 pub mod sm;
 pub mod upstream;
 
