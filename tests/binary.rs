@@ -3,40 +3,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::binary::Binary;
 use common::client::{Client, Opts, befriend};
-use common::servers::{Kind, Server, ServerOpts, free_ports};
+use common::servers::{Kind, Server, ServerOpts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + T;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "xmpp-veil did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn scrape(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("metrics port");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -72,28 +49,15 @@ async fn env_flags_metrics_and_sigterm() {
         &Opts::new("setup"),
     )
     .await;
-    let ports = free_ports(3);
-    let proxy = Running(
-        Command::new(env!("CARGO_BIN_EXE_xmpp-veil"))
-            .env("XMPP_VEIL_LISTEN", format!("127.0.0.1:{}", ports[0]))
-            .env(
-                "XMPP_VEIL_LISTEN_DIRECT_TLS",
-                format!("127.0.0.1:{}", ports[1]),
-            )
-            .env(
-                "XMPP_VEIL_METRICS_LISTEN",
-                format!("127.0.0.1:{}", ports[2]),
-            )
-            .env("XMPP_VEIL_UPSTREAM", server.c2s_addr().to_string())
-            .env("XMPP_VEIL_UPSTREAM_TLS", "plain")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn xmpp-veil"),
-    );
-    wait_listening(ports[0]).await;
-    wait_listening(ports[2]).await;
+    let mut proxy = Binary::start(
+        &[],
+        &[
+            ("XMPP_VEIL_UPSTREAM", server.c2s_addr().to_string()),
+            ("XMPP_VEIL_UPSTREAM_TLS", "plain".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ],
+    )
+    .await;
 
     let st = Client::connect(
         server.c2s_addr(),
@@ -103,14 +67,9 @@ async fn env_flags_metrics_and_sigterm() {
     )
     .await
     .expect("stpeter");
-    let joe = Client::connect(
-        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
-        "joe",
-        "joe-pw",
-        Opts::new("p"),
-    )
-    .await
-    .expect("joe through the binary");
+    let joe = Client::connect(proxy.starttls, "joe", "joe-pw", Opts::new("p"))
+        .await
+        .expect("joe through the binary");
     let r = joe
         .iq(
             "<iq type='set' id='i'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
@@ -125,7 +84,7 @@ async fn env_flags_metrics_and_sigterm() {
     })
     .await;
 
-    let m = scrape(ports[2]).await;
+    let m = scrape(proxy.metrics).await;
     for series in [
         "xmpp_veil_connections_total",
         "xmpp_veil_connections_active",
@@ -146,10 +105,8 @@ async fn env_flags_metrics_and_sigterm() {
 
     // SIGTERM: joe gets system-shutdown, stpeter is told unavailable, the process exits in time.
     let mark = st.mark();
-    let started = Instant::now();
-    let pid = proxy.0.id() as i32;
-    // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let (took, success) = proxy.terminate(Duration::from_secs(6)).await;
+    assert!(success, "xmpp-veil did not exit cleanly");
     let e = joe
         .wait_for("system-shutdown", T, |s| s.is_stream_error())
         .await;
@@ -158,17 +115,5 @@ async fn env_flags_metrics_and_sigterm() {
         s.is_unavailable_from(&joe.jid)
     })
     .await;
-    let mut proxy = proxy;
-    let status = loop {
-        if let Some(status) = proxy.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "xmpp-veil still running after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "{status:?}");
-    eprintln!("shutdown took {:?}", started.elapsed());
+    eprintln!("shutdown took {took:?}");
 }

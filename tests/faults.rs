@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::{Binary, raise_fd_limit};
 use common::client::{Client, Mech, Opts, befriend};
 use common::proxy;
-use common::servers::{Kind, Server, ServerOpts, free_ports};
+use common::servers::{Kind, Server, ServerOpts};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -136,27 +136,9 @@ async fn sigterm_with_a_thousand_sessions() {
     .await
     .expect("watcher");
 
-    let ports = free_ports(3);
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_xmpp-veil"))
-        .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--listen-direct-tls", &format!("127.0.0.1:{}", ports[1])])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[2])])
-        .args([
-            "--upstream",
-            &server.c2s_addr().to_string(),
-            "--upstream-tls",
-            "plain",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn xmpp-veil");
-    let addr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
-    let deadline = Instant::now() + T;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "proxy not listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let upstream = server.c2s_addr().to_string();
+    let mut proxy = Binary::start(&["--upstream", &upstream, "--upstream-tls", "plain"], &[]).await;
+    let addr = proxy.direct_tls;
 
     // 1 000 sessions, logged in 50 at a time; every tenth one is invisible and has shown itself
     // to the watcher by directed presence (so it has an `unavailable` pending at shutdown).
@@ -199,22 +181,9 @@ async fn sigterm_with_a_thousand_sessions() {
     }
     let mark = watcher.mark();
 
-    let started = Instant::now();
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(proxy.id() as i32, libc::SIGTERM) }, 0);
-    let status = loop {
-        if let Some(status) = proxy.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "xmpp-veil still running after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let took = started.elapsed();
+    let (took, success) = proxy.terminate(Duration::from_secs(8)).await;
     eprintln!("shutdown with {} sessions took {took:?}", clients.len());
-    assert!(status.success(), "{status:?}");
+    assert!(success, "xmpp-veil did not exit cleanly");
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let mut shutdown_errors = 0;
     for c in &clients {
@@ -231,19 +200,5 @@ async fn sigterm_with_a_thousand_sessions() {
                 s.is_unavailable_from(jid)
             })
             .await;
-    }
-}
-
-fn raise_fd_limit() {
-    // SAFETY: plain getrlimit/setrlimit on this process.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 16_384 {
-            lim.rlim_cur = lim.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

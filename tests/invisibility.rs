@@ -7,80 +7,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{Client, Opts, Stanza, befriend};
-use common::proxy::{self, TestProxy};
-use common::servers::{Kind, Server, ServerOpts};
+use common::client::{Client, Opts, Stanza};
+use common::proxy;
+use common::servers::Kind;
+use common::world::world;
 
 const T: Duration = Duration::from_secs(10);
 /// How long an observer must stay silent for a "must not receive" to hold.
 const QUIET: Duration = Duration::from_millis(1500);
-const CONTACTS: [&str; 3] = ["stpeter", "pgmillard", "rynok"];
-
-fn pw(user: &str) -> String {
-    format!("{user}-pw")
-}
-
-struct World {
-    server: Server,
-    proxy: TestProxy,
-}
-
-/// A server with joe and his three contacts (mutual subscriptions, made by real clients), and
-/// the proxy in front of it (plaintext upstream on loopback: the recommended setup).
-async fn world(kind: Kind) -> World {
-    let users: Vec<(&'static str, &'static str)> =
-        ["joe", "stpeter", "pgmillard", "rynok", "stranger"]
-            .iter()
-            .map(|u| (*u, &*Box::leak(pw(u).into_boxed_str())))
-            .collect();
-    let server = Server::start(ServerOpts {
-        kind,
-        users,
-        require_tls: false,
-    });
-    for c in CONTACTS {
-        befriend(
-            server.c2s_addr(),
-            ("joe", "joe-pw"),
-            (c, &pw(c)),
-            true,
-            &Opts::new("setup"),
-        )
-        .await;
-    }
-    let proxy = proxy::start(server.c2s_addr(), "plain", &[]).await;
-    World { server, proxy }
-}
-
-impl World {
-    /// A contact logged in directly to the server, available.
-    async fn observer(&self, user: &str) -> Client {
-        Client::connect(
-            self.server.c2s_addr(),
-            user,
-            &pw(user),
-            Opts::new("obs").initial_presence(true),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("observer {user}: {e}\n{}", self.server.log()))
-    }
-
-    async fn observers(&self) -> Vec<Client> {
-        let mut v = Vec::new();
-        for c in CONTACTS {
-            v.push(self.observer(c).await);
-        }
-        v
-    }
-
-    /// joe through the proxy, no initial presence yet.
-    async fn joe(&self, resource: &str) -> Client {
-        Client::connect(self.proxy.starttls, "joe", "joe-pw", Opts::new(resource))
-            .await
-            .unwrap_or_else(|e| panic!("joe/{resource} via proxy: {e}\n{}", self.server.log()))
-    }
-}
-
 async fn invisible(c: &Client, probe: Option<&str>) {
     let probe = probe.map(|p| format!(" probe='{p}'")).unwrap_or_default();
     let r = c
@@ -150,27 +84,6 @@ fn last_presence_is_available(o: &Client, jid: &str, show: Option<&str>) -> bool
         })
 }
 
-macro_rules! both_servers {
-    ($($name:ident),* $(,)?) => {
-        mod prosody {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Prosody).await;
-                }
-            )*
-        }
-        mod ejabberd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Ejabberd).await;
-                }
-            )*
-        }
-    };
-}
-
 both_servers!(
     xep0186_invisible_from_the_start,
     xep0186_invisible_mid_session,
@@ -190,7 +103,7 @@ async fn xep0186_invisible_from_the_start(kind: Kind) {
     let w = world(kind).await;
     let st = w.observer("stpeter").await;
     let pg = w.observer("pgmillard").await;
-    let joe = w.joe("hidden").await;
+    let joe = w.joe(Opts::new("hidden")).await;
     invisible(&joe, Some("false")).await;
     joe.send("<presence><show>chat</show><status>here</status></presence>")
         .await;
@@ -253,7 +166,7 @@ async fn xep0186_invisible_mid_session(kind: Kind) {
     let w = world(kind).await;
     let obs = w.observers().await;
     let o: Vec<&Client> = obs.iter().collect();
-    let joe = w.joe("phone").await;
+    let joe = w.joe(Opts::new("phone")).await;
     joe.send("<presence/>").await;
     for x in &o {
         x.wait_for("joe available", T, available_from(&joe.jid))
@@ -281,7 +194,7 @@ async fn xep0186_tcp_drop_after_directed_presence_to_a_contact(kind: Kind) {
     let w = world(kind).await;
     let st = w.observer("stpeter").await;
     let pg = w.observer("pgmillard").await;
-    let joe = w.joe("laptop").await;
+    let joe = w.joe(Opts::new("laptop")).await;
     invisible(&joe, None).await;
     joe.send("<presence to='stpeter@localhost'/>").await;
     st.wait_for("joe's directed presence", T, available_from(&joe.jid))
@@ -312,7 +225,7 @@ async fn xep0186_probe_true_and_false(kind: Kind) {
     let pg = w.observer("pgmillard").await;
     st.send("<presence><show>dnd</show></presence>").await;
 
-    let quiet_joe = w.joe("noprobe").await;
+    let quiet_joe = w.joe(Opts::new("noprobe")).await;
     invisible(&quiet_joe, Some("false")).await;
     quiet_joe
         .expect_none("contact presence with probe='false'", QUIET, |s| {
@@ -321,7 +234,7 @@ async fn xep0186_probe_true_and_false(kind: Kind) {
         })
         .await;
 
-    let joe = w.joe("probing").await;
+    let joe = w.joe(Opts::new("probing")).await;
     invisible(&joe, Some("true")).await;
     joe.wait_for("stpeter's presence", T, available_from("stpeter@localhost"))
         .await;
@@ -349,7 +262,7 @@ async fn xep0186_visible_is_a_fresh_start(kind: Kind) {
     let w = world(kind).await;
     let obs = w.observers().await;
     let (st, pg, ry) = (&obs[0], &obs[1], &obs[2]);
-    let joe = w.joe("desk").await;
+    let joe = w.joe(Opts::new("desk")).await;
     invisible(&joe, None).await;
     joe.send("<presence/>").await;
     joe.send("<presence to='rynok@localhost'/>").await;
@@ -380,7 +293,7 @@ async fn xep0186_visible_is_a_fresh_start(kind: Kind) {
 /// Discovery, the `:0` namespace, a bad `probe`, and an IQ addressed to someone else.
 async fn xep0186_disco_and_bad_requests(kind: Kind) {
     let w = world(kind).await;
-    let joe = w.joe("disco").await;
+    let joe = w.joe(Opts::new("disco")).await;
     let info = joe
         .iq(
             "<iq type='get' to='localhost' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
@@ -441,10 +354,10 @@ async fn xep0186_disco_and_bad_requests(kind: Kind) {
 async fn two_resources_only_one_invisible(kind: Kind) {
     let w = world(kind).await;
     let st = w.observer("stpeter").await;
-    let hidden = w.joe("hidden").await;
+    let hidden = w.joe(Opts::new("hidden")).await;
     invisible(&hidden, None).await;
     hidden.send("<presence><show>chat</show></presence>").await;
-    let shown = w.joe("shown").await;
+    let shown = w.joe(Opts::new("shown")).await;
     shown.send("<presence><show>away</show></presence>").await;
     st.wait_for("joe/shown available", T, available_from(&shown.jid))
         .await;
@@ -462,7 +375,7 @@ async fn xep0018_section_4_1_walkthrough(kind: Kind) {
     let w = world(kind).await;
     let obs = w.observers().await;
     let (st, pg, ry) = (&obs[0], &obs[1], &obs[2]);
-    let joe = w.joe("resource").await;
+    let joe = w.joe(Opts::new("resource")).await;
     let j = joe.jid.clone();
 
     // Listing 5: invisible as the initial presence: nobody hears anything.
@@ -574,7 +487,7 @@ async fn xep0018_use_cases(kind: Kind) {
     let w = world(kind).await;
     let obs = w.observers().await;
     let (st, pg, ry) = (&obs[0], &obs[1], &obs[2]);
-    let joe = w.joe("psi").await;
+    let joe = w.joe(Opts::new("psi")).await;
     let j = joe.jid.clone();
     joe.send("<presence/>").await;
     for x in [st, pg, ry] {
@@ -666,7 +579,7 @@ async fn residual_leaks_while_invisible(kind: Kind) {
         "<iq type='get' to='joe@localhost' id='ID'><query xmlns='jabber:iq:last'/></iq>";
     let offline = st.iq(&last_query.replace("ID", "l0"), "l0", T).await;
 
-    let joe = w.joe("silent").await;
+    let joe = w.joe(Opts::new("silent")).await;
     invisible(&joe, None).await;
     joe.send("<presence/>").await;
     let silent = st.iq(&last_query.replace("ID", "l1"), "l1", T).await;

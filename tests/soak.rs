@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::binary::{Binary, raise_fd_limit};
 use common::client::{Client, Mech, Opts, Tls, befriend};
-use common::servers::{Kind, Server, ServerOpts, free_ports};
+use common::servers::{Kind, Server, ServerOpts};
 
-const T: Duration = Duration::from_secs(20);
 const USERS: usize = 20;
 const RESOURCES: usize = 50;
 const OBSERVERS: usize = 4;
@@ -88,27 +88,10 @@ async fn soak(duration: Duration) {
         }
     }
 
-    let ports = free_ports(3);
-    let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-veil"))
-        .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--listen-direct-tls", &format!("127.0.0.1:{}", ports[1])])
-        .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[2])])
-        .args([
-            "--upstream",
-            &server.c2s_addr().to_string(),
-            "--upstream-tls",
-            "plain",
-        ])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("spawn xmpp-veil");
-    let pid = proxy.id();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
-    let deadline = Instant::now() + T;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "proxy not listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let upstream = server.c2s_addr().to_string();
+    let mut proxy = Binary::start(&["--upstream", &upstream, "--upstream-tls", "plain"], &[]).await;
+    let pid = proxy.pid();
+    let addr = proxy.direct_tls;
 
     let mut watchers = Vec::new();
     for o in &observers {
@@ -279,21 +262,5 @@ async fn soak(duration: Duration) {
         "{} file descriptors still open after every session ended",
         end.2
     );
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = proxy.wait();
-}
-
-fn raise_fd_limit() {
-    // SAFETY: plain getrlimit/setrlimit on this process.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 16_384 {
-            lim.rlim_cur = lim.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    proxy.terminate(Duration::from_secs(10)).await;
 }

@@ -6,81 +6,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{Client, Mech, Opts, Tls, befriend};
-use common::proxy::{self, TestProxy};
-use common::servers::{HIBERNATION_SECS, Kind, Server, ServerOpts};
+use common::client::{Client, Mech, Opts, Tls};
+use common::proxy;
+use common::servers::{HIBERNATION_SECS, Kind};
+use common::world::world;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(1500);
-
-fn pw(u: &str) -> String {
-    format!("{u}-pw")
-}
-
-struct World {
-    server: Server,
-    proxy: TestProxy,
-}
-
-async fn world(kind: Kind) -> World {
-    let users: Vec<(&'static str, &'static str)> =
-        ["joe", "stpeter", "pgmillard", "rynok", "bob", "stranger"]
-            .iter()
-            .map(|u| (*u, &*Box::leak(pw(u).into_boxed_str())))
-            .collect();
-    let server = Server::start(ServerOpts {
-        kind,
-        users,
-        require_tls: false,
-    });
-    for c in ["stpeter", "pgmillard", "rynok"] {
-        befriend(
-            server.c2s_addr(),
-            ("joe", "joe-pw"),
-            (c, &pw(c)),
-            true,
-            &Opts::new("setup"),
-        )
-        .await;
-    }
-    let proxy = proxy::start(server.c2s_addr(), "plain", &[]).await;
-    World { server, proxy }
-}
-
-impl World {
-    async fn direct(&self, user: &str) -> Client {
-        Client::connect(
-            self.server.c2s_addr(),
-            user,
-            &pw(user),
-            Opts::new("obs").initial_presence(true),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{user}: {e}"))
-    }
-}
-
-macro_rules! both_servers {
-    ($($name:ident),* $(,)?) => {
-        mod prosody {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Prosody).await;
-                }
-            )*
-        }
-        mod ejabberd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Ejabberd).await;
-                }
-            )*
-        }
-    };
-}
 
 both_servers!(
     counts_match_through_the_filter,
@@ -94,7 +27,7 @@ both_servers!(
 /// ack matches what each side sent.
 async fn counts_match_through_the_filter(kind: Kind) {
     let w = world(kind).await;
-    let bob = w.direct("bob").await;
+    let bob = w.observer("bob").await;
     let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("sm").sm(true))
         .await
         .expect("joe");
@@ -167,9 +100,9 @@ async fn counts_match_through_the_filter(kind: Kind) {
 /// resource again after it, and no message is lost or duplicated.
 async fn tcp_drop_then_resume_stays_invisible(kind: Kind) {
     let w = world(kind).await;
-    let st = w.direct("stpeter").await;
-    let pg = w.direct("pgmillard").await;
-    let bob = w.direct("bob").await;
+    let st = w.observer("stpeter").await;
+    let pg = w.observer("pgmillard").await;
+    let bob = w.observer("bob").await;
     let joe = Client::connect(
         w.proxy.starttls,
         "joe",
@@ -413,9 +346,9 @@ async fn redirects_never_reach_the_client() {
 /// directed presence to non-roster entities).
 async fn hibernation_timeout_still_tells_everyone(kind: Kind) {
     let w = world(kind).await;
-    let st = w.direct("stpeter").await;
-    let stranger = w.direct("stranger").await;
-    let pg = w.direct("pgmillard").await;
+    let st = w.observer("stpeter").await;
+    let stranger = w.observer("stranger").await;
+    let pg = w.observer("pgmillard").await;
     let joe = Client::connect(
         w.proxy.starttls,
         "joe",
@@ -490,7 +423,7 @@ mod review {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stanzas_pipelined_after_resume_are_judged_by_the_resumed_session() {
         let w = world(Kind::Prosody).await;
-        let pg = w.direct("pgmillard").await;
+        let pg = w.observer("pgmillard").await;
         let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("p").sm(true))
             .await
             .expect("joe");
@@ -579,8 +512,8 @@ mod review {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unrelayable_server_stanza_still_ends_with_the_unavailables() {
         let w = world(Kind::Prosody).await;
-        let st = w.direct("stpeter").await;
-        let bob = w.direct("bob").await;
+        let st = w.observer("stpeter").await;
+        let bob = w.observer("bob").await;
         let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("d"))
             .await
             .expect("joe");

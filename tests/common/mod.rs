@@ -1,5 +1,7 @@
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod binary;
 pub mod client;
 pub mod proxy;
 pub mod servers;
+pub mod world;
