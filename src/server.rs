@@ -244,5 +244,6 @@ async fn connection(
             }
         },
     };
-    session::serve(tls, conn_id, auth_deadline, shared).await;
+    // Boxed: the handshake state above is not kept for the session's lifetime.
+    Box::pin(session::serve(tls, conn_id, auth_deadline, shared)).await;
 }

@@ -47,11 +47,11 @@ pub struct Shared {
 
 /// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Read buffer of a busy leg (its last read filled what it had).
+/// Read size: large enough to take a burst of stanzas in one read (and one TLS record).
 const READ_CHUNK: usize = 8 * 1024;
-/// Read buffer of a quiet leg: an idle session should hold little memory (thousands of them
-/// sit idle for hours); a leg grows to [`READ_CHUNK`] as soon as a read fills this.
-const IDLE_CHUNK: usize = 512;
+/// A read smaller than this leaves the leg quiet: once its frames are handled, its read buffer
+/// is freed, so that the thousands of sessions that sit idle for hours hold none.
+const QUIET_READ: usize = 1024;
 
 /// Serves one client whose TLS is established: reads its stream header, connects upstream and
 /// relays until either side ends. `framer` may already hold bytes read after the handshake.
@@ -154,16 +154,14 @@ where
         client_prefixes: header.prefixes,
         auth_deadline,
     };
+    // Boxed, each: this future would otherwise hold the larger of the two relays inline for
+    // the session's whole life.
     match upstream {
         Upstream::Plain(up) => {
-            Relay::new(client, up, cf, &opening, &shared)
-                .run(header_raw)
-                .await
+            Box::pin(Relay::new(client, up, cf, &opening, &shared).run(header_raw)).await
         }
         Upstream::Tls(up) => {
-            Relay::new(client, *up, cf, &opening, &shared)
-                .run(header_raw)
-                .await
+            Box::pin(Relay::new(client, *up, cf, &opening, &shared).run(header_raw)).await
         }
     }
 }
@@ -189,6 +187,15 @@ fn nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// The policy reads the time only for presence and IQs; messages skip the clock.
+fn now_for(kind: ElementKind) -> u64 {
+    if kind == ElementKind::Message {
+        0
+    } else {
+        now_secs()
+    }
 }
 
 fn now_secs() -> u64 {
@@ -338,9 +345,9 @@ struct Relay<'a, C, U> {
     takeover: Option<mpsc::Receiver<oneshot::Sender<Detached>>>,
     /// The client must authenticate before this instant.
     auth_deadline: Instant,
-    /// Read buffer sizes of the two legs (see [`IDLE_CHUNK`]).
-    c_chunk: usize,
-    s_chunk: usize,
+    /// Size of the last read on each leg (see [`QUIET_READ`]).
+    c_last_read: usize,
+    s_last_read: usize,
     shared: &'a Shared,
 }
 
@@ -386,8 +393,8 @@ where
             pending_resume: None,
             takeover: None,
             auth_deadline,
-            c_chunk: IDLE_CHUNK,
-            s_chunk: IDLE_CHUNK,
+            c_last_read: 0,
+            s_last_read: 0,
             shared,
         }
     }
@@ -403,16 +410,20 @@ where
             Some(end) => end,
             None => self.pump().await,
         };
-        self.finish(end).await;
+        // Boxed: the ending's state is large and only needed once, at the end.
+        Box::pin(self.finish(end)).await;
     }
 
     async fn pump(&mut self) -> End {
+        // Made once: creating it on every loop costs a lock shared by every session.
+        let shutdown = self.shared.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            let shutdown = self.shared.shutdown.clone();
-            reserve(self.cf.buffer_mut(), self.c_chunk);
-            reserve(self.sf.buffer_mut(), self.s_chunk);
+            reserve(self.cf.buffer_mut());
+            reserve(self.sf.buffer_mut());
             let result = tokio::select! {
-                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = &mut cancelled => Err(End::Shutdown),
                 _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
                     "connection-timeout",
                     "authentication took too long".into(),
@@ -422,7 +433,7 @@ where
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
                         self.counters.bytes_c2s.increment(n as u64);
-                        self.c_chunk = next_chunk(n, self.c_chunk);
+                        self.c_last_read = n;
                         self.client_frames()
                     }
                 },
@@ -431,7 +442,7 @@ where
                     Err(e) => Err(End::ServerGone(format!("read: {e}"))),
                     Ok(n) => {
                         self.counters.bytes_s2c.increment(n as u64);
-                        self.s_chunk = next_chunk(n, self.s_chunk);
+                        self.s_last_read = n;
                         // A resumption may have settled: the client's waiting stanzas go on.
                         self.server_frames().and_then(|()| self.client_frames())
                     }
@@ -448,8 +459,13 @@ where
             if let Err(end) = result {
                 return end;
             }
-            self.cf.release_if_empty();
-            self.sf.release_if_empty();
+            // A quiet leg gives its read buffer back; a busy one keeps it (no allocation per read).
+            if self.c_last_read < QUIET_READ {
+                self.cf.release_if_empty();
+            }
+            if self.s_last_read < QUIET_READ {
+                self.sf.release_if_empty();
+            }
         }
     }
 
@@ -479,7 +495,7 @@ where
                         self.client_stream_element(raw)?;
                     } else {
                         self.policy
-                            .from_client(&raw, kind, now_secs(), &mut self.actions)
+                            .from_client(&raw, kind, now_for(kind), &mut self.actions)
                             .map_err(violation)?;
                         self.apply_actions(Origin::Client)?;
                     }
@@ -837,7 +853,8 @@ where
         // A peer that does not read must not hold the session (and its buffers) forever.
         let limit = self.shared.write_timeout;
         if !self.to_server.is_empty() {
-            let r = tokio::time::timeout(limit, self.upstream.write_all(&self.to_server)).await;
+            let r =
+                tokio::time::timeout(limit, write_out(&mut self.upstream, &self.to_server)).await;
             clear_write_buffer(&mut self.to_server);
             match r {
                 Ok(r) => r.map_err(|e| End::ServerGone(format!("write: {e}")))?,
@@ -847,7 +864,7 @@ where
         if !self.to_client.is_empty() {
             // A client that resumed elsewhere may be the reason this write does not finish.
             let r = tokio::select! {
-                r = tokio::time::timeout(limit, self.client.write_all(&self.to_client)) => r,
+                r = tokio::time::timeout(limit, write_out(&mut self.client, &self.to_client)) => r,
                 request = takeover_request(&mut self.takeover) => {
                     clear_write_buffer(&mut self.to_client);
                     return Err(End::TakenOver(request));
@@ -925,7 +942,8 @@ where
         let to_server = std::mem::take(&mut self.to_server);
         let to_client = std::mem::take(&mut self.to_client);
         if upstream_open {
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.upstream.write_all(&to_server)).await;
+            let _ =
+                tokio::time::timeout(CLOSE_GRACE, write_out(&mut self.upstream, &to_server)).await;
         }
         if !client_lost || matches!(end, End::ClientStalled) {
             let _ = tokio::time::timeout(CLOSE_GRACE, async {
@@ -963,7 +981,7 @@ where
         let told = self.actions.len();
         let _ = self.apply_actions(Origin::Proxy);
         let to_server = std::mem::take(&mut self.to_server);
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.upstream.write_all(&to_server)).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, write_out(&mut self.upstream, &to_server)).await;
         if self.hidden {
             metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
         }
@@ -1063,7 +1081,7 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
             }
         }
         let buf = framer.buffer_mut();
-        reserve(buf, READ_CHUNK);
+        reserve(buf);
         match upstream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -1071,10 +1089,17 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
     }
 }
 
-fn reserve(buf: &mut BytesMut, chunk: usize) {
-    if buf.capacity() - buf.len() < chunk / 2 {
-        buf.reserve(chunk);
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
     }
+}
+
+/// Writes and flushes: a TLS stream may keep encrypted records back after `write_all` (when the
+/// socket is full or the task's budget is spent) until it is flushed.
+async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 /// Empties a write queue, giving back the memory of an unusually large burst.
@@ -1083,15 +1108,6 @@ fn clear_write_buffer(buf: &mut Vec<u8>) {
         *buf = Vec::new();
     } else {
         buf.clear();
-    }
-}
-
-/// A read that filled most of the buffer means more is coming: read bigger next time.
-fn next_chunk(read: usize, chunk: usize) -> usize {
-    if read >= chunk / 2 {
-        READ_CHUNK
-    } else {
-        IDLE_CHUNK
     }
 }
 
