@@ -179,16 +179,17 @@ pub(super) fn fan_out(p: &mut Policy, out: &mut Vec<Action>) {
         return;
     };
     p.fan_out_pending = false;
-    let mut audience: Vec<BareJid> = roster
+    let mut audience: std::collections::BTreeSet<BareJid> = roster
         .subscribers()
         .filter(|c| p.vis.may_see(c))
         .cloned()
         .collect();
-    for (contact, mode) in &p.vis.exceptions {
-        if *mode == super::Mode::Visible && !audience.contains(contact) {
-            audience.push(contact.clone());
-        }
-    }
+    let visible_exceptions = p
+        .vis
+        .exceptions
+        .iter()
+        .filter(|(_, m)| **m == super::Mode::Visible);
+    audience.extend(visible_exceptions.map(|(c, _)| c.clone()));
     let presence = p.current_presence();
     for contact in audience {
         show_to(p, &presence, Jid::from(contact), out);
