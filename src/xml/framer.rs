@@ -1227,6 +1227,68 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
             prop_assert_eq!(check_chars(&input).is_ok(), reference);
         }
 
+        /// The fuzz target's core property on stable: for arbitrary input (mostly XML-ish
+        /// bytes after a valid header), how it is cut into reads changes nothing — the same
+        /// frames (whitespace merged) and the same first error, which then stays.
+        #[test]
+        fn arbitrary_input_is_independent_of_chunking(
+            data in proptest::collection::vec(
+                prop_oneof![
+                    any::<u8>(),
+                    Just(b'<'), Just(b'>'), Just(b'/'), Just(b'\''), Just(b'='), Just(b' '),
+                    Just(b'a'), Just(b'&'), Just(b';'), Just(b'!'), Just(b'?'), Just(b'['),
+                ],
+                0..400,
+            ),
+            mut cuts in proptest::collection::vec(0usize..600, 0..12),
+        ) {
+            let mut input = HDR.as_bytes().to_vec();
+            input.extend_from_slice(&data);
+            for c in cuts.iter_mut() {
+                *c = (*c).min(input.len());
+            }
+            cuts.sort_unstable();
+            let run = |cuts: &[usize]| {
+                let mut f = Framer::new(128);
+                let mut frames = Vec::new();
+                let mut error = None;
+                let mut last = 0;
+                for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+                    f.extend(&input[last..c]);
+                    last = c;
+                    loop {
+                        match f.next_frame() {
+                            Ok(Some(fr)) => frames.push(fr),
+                            Ok(None) => break,
+                            Err(e) => {
+                                error.get_or_insert(e);
+                                break;
+                            }
+                        }
+                    }
+                    if error.is_some() {
+                        break;
+                    }
+                }
+                if let Some(e) = &error {
+                    assert_eq!(f.next_frame().as_ref().err(), Some(e), "errors stay");
+                }
+                (normalize(frames), error)
+            };
+            let (whole_frames, whole_error) = run(&[]);
+            let (cut_frames, cut_error) = run(&cuts);
+            // An oversize element may be reported before or after a later syntax error
+            // depending on when the bytes arrive; both must fail, and frames before agree.
+            let common = whole_frames.len().min(cut_frames.len());
+            prop_assert_eq!(&whole_frames[..common], &cut_frames[..common]);
+            prop_assert_eq!(whole_error.is_some(), cut_error.is_some());
+            let too_large = |e: &Option<FrameError>| matches!(e, Some(FrameError::TooLarge { .. }));
+            if !too_large(&whole_error) && !too_large(&cut_error) {
+                prop_assert_eq!(whole_frames, cut_frames);
+                prop_assert_eq!(whole_error, cut_error);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300),
                                        split in 0usize..300) {
