@@ -243,18 +243,23 @@ async fn soak(duration: Duration) {
         "observers still see resources that left: {:?}",
         &ghosts[..ghosts.len().min(5)]
     );
-    // Memory: no growth beyond 10% over the load after warm-up (sessions come and go throughout).
-    let peak_after_warm = samples
+    // Memory: no growth beyond 10% after warm-up. Sessions come and go all the time, so single
+    // samples swing with the number connected; compare the peaks of the two halves of the
+    // measured part of the run (a leak makes the second one grow with the load served).
+    let measured: Vec<u64> = samples
         .iter()
         .filter(|(t, _, _)| started + *t >= warm_up)
         .map(|s| s.1)
-        .max()
-        .unwrap_or(end.1);
+        .collect();
+    let (first, second) = measured.split_at(measured.len() / 2);
+    let first_peak = first.iter().copied().max().unwrap_or(warm.1);
+    let second_peak = second.iter().copied().max().unwrap_or(end.1);
+    eprintln!(
+        "soak: RSS peak after warm-up {first_peak} KiB, in the second half {second_peak} KiB"
+    );
     assert!(
-        (peak_after_warm as f64) <= warm.1 as f64 * 1.10 + 2048.0,
-        "RSS grew from {} KiB to {} KiB",
-        warm.1,
-        peak_after_warm
+        (second_peak as f64) <= first_peak as f64 * 1.10 + 2048.0,
+        "RSS grew from a peak of {first_peak} KiB to {second_peak} KiB"
     );
     // File descriptors: every session has ended, so only the listeners remain.
     assert!(
