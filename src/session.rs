@@ -50,8 +50,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Read size: large enough to take a burst of stanzas in one read (and one TLS record).
 const READ_CHUNK: usize = 8 * 1024;
 /// A read smaller than this leaves the leg quiet: once its frames are handled, its read buffer
-/// is freed, and it waits for the next read with a buffer of this size, so that the thousands of
-/// sessions that sit idle for hours hold little.
+/// is freed, so that the thousands of sessions that sit idle for hours hold none.
 const QUIET_READ: usize = 1024;
 
 /// Serves one client whose TLS is established: reads its stream header, connects upstream and
@@ -421,10 +420,8 @@ where
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            // A quiet leg waits with a small buffer (idle sessions are most sessions); a busy
-            // one reads a burst at a time.
-            reserve(self.cf.buffer_mut(), read_size(self.c_last_read));
-            reserve(self.sf.buffer_mut(), read_size(self.s_last_read));
+            reserve(self.cf.buffer_mut());
+            reserve(self.sf.buffer_mut());
             let result = tokio::select! {
                 _ = &mut cancelled => Err(End::Shutdown),
                 _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
@@ -1084,7 +1081,7 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
             }
         }
         let buf = framer.buffer_mut();
-        reserve(buf, READ_CHUNK);
+        reserve(buf);
         match upstream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -1092,18 +1089,9 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
     }
 }
 
-fn reserve(buf: &mut BytesMut, size: usize) {
-    if buf.capacity() - buf.len() < size / 2 {
-        buf.reserve(size);
-    }
-}
-
-/// The next read's size from the last one's: a leg that just read little is quiet.
-fn read_size(last_read: usize) -> usize {
-    if last_read < QUIET_READ {
-        QUIET_READ
-    } else {
-        READ_CHUNK
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
     }
 }
 
