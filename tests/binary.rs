@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::binary::Binary;
 use common::client::{Client, Opts, befriend};
 use common::servers::{Kind, Server, ServerOpts};
+use common::world::invisible;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -70,14 +71,7 @@ async fn env_flags_metrics_and_sigterm() {
     let joe = Client::connect(proxy.starttls, "joe", "joe-pw", Opts::new("p"))
         .await
         .expect("joe through the binary");
-    let r = joe
-        .iq(
-            "<iq type='set' id='i'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-            "i",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"));
+    invisible(&joe, None).await;
     joe.send("<presence to='stpeter@localhost'/>").await;
     st.wait_for("joe's directed presence", T, |s| {
         s.is_available_from(&joe.jid)

@@ -9,6 +9,7 @@ use common::binary::{Binary, raise_fd_limit};
 use common::client::{Client, Mech, Opts, befriend};
 use common::proxy;
 use common::servers::{Kind, Server, ServerOpts};
+use common::world::invisible;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -78,14 +79,7 @@ async fn client_drops_mid_stanza() {
     let joe = Client::connect(proxy.starttls, "joe", "joe-pw", Opts::new("j"))
         .await
         .expect("joe");
-    let r = joe
-        .iq(
-            "<iq type='set' id='i'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-            "i",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"));
+    invisible(&joe, None).await;
     joe.send("<presence to='stpeter@localhost'/>").await;
     st.wait_for("joe's directed presence", T, |s| {
         s.is_available_from(&joe.jid)
@@ -156,14 +150,7 @@ async fn sigterm_with_a_thousand_sessions() {
                     .await
                     .unwrap_or_else(|e| panic!("session {n}: {e}"));
                 if n % 10 == 0 {
-                    let r = c
-                        .iq(
-                            "<iq type='set' id='i'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-                            "i",
-                            T,
-                        )
-                        .await;
-                    assert_eq!(r.type_(), Some("result"));
+                    invisible(&c, None).await;
                     c.send("<presence to='watcher@localhost'/>").await;
                 }
                 c

@@ -10,36 +10,11 @@ use std::time::Duration;
 use common::client::{Client, Opts, Stanza};
 use common::proxy;
 use common::servers::Kind;
-use common::world::world;
+use common::world::{invisible, visible, world};
 
 const T: Duration = Duration::from_secs(10);
 /// How long an observer must stay silent for a "must not receive" to hold.
 const QUIET: Duration = Duration::from_millis(1500);
-async fn invisible(c: &Client, probe: Option<&str>) {
-    let probe = probe.map(|p| format!(" probe='{p}'")).unwrap_or_default();
-    let r = c
-        .iq(
-            &format!(
-                "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'{probe}/></iq>"
-            ),
-            "inv",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
-}
-
-async fn visible(c: &Client) {
-    let r = c
-        .iq(
-            "<iq type='set' id='vis'><visible xmlns='urn:xmpp:invisible:1'/></iq>",
-            "vis",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
-}
-
 fn available_from(jid: &str) -> impl Fn(&Stanza) -> bool + Copy + '_ {
     move |s| s.is_available_from(jid)
 }

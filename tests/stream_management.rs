@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::client::{Client, Mech, Opts, Tls};
 use common::proxy;
 use common::servers::{HIBERNATION_SECS, Kind};
-use common::world::world;
+use common::world::{invisible, world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -34,14 +34,7 @@ async fn counts_match_through_the_filter(kind: Kind) {
     let enabled = joe.enabled().expect("enabled");
     assert!(enabled.attr("location").is_none(), "{}", enabled.raw);
 
-    let r = joe
-        .iq(
-            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1' probe='true'/></iq>",
-            "inv",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"));
+    invisible(&joe, Some("true")).await;
     joe.send("<presence><show>away</show></presence>").await; // withheld
     joe.send("<presence type='visible'/>").await; // consumed; hands back to the server
     joe.send("<presence to='pgmillard@localhost' type='invisible'/>")
@@ -112,14 +105,7 @@ async fn tcp_drop_then_resume_stays_invisible(kind: Kind) {
     .await
     .expect("joe");
     let jid = joe.jid.clone();
-    let r = joe
-        .iq(
-            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-            "inv",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"));
+    invisible(&joe, None).await;
     joe.send("<presence to='stpeter@localhost'><show>dnd</show></presence>")
         .await;
     st.wait_for("directed presence", T, |s| s.is_available_from(&jid))
@@ -358,14 +344,7 @@ async fn hibernation_timeout_still_tells_everyone(kind: Kind) {
     .await
     .expect("joe");
     let jid = joe.jid.clone();
-    let r = joe
-        .iq(
-            "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-            "inv",
-            T,
-        )
-        .await;
-    assert_eq!(r.type_(), Some("result"));
+    invisible(&joe, None).await;
     joe.send("<presence to='stpeter@localhost'/>").await;
     joe.send("<presence to='stranger@localhost'/>").await;
     st.wait_for("directed presence", T, |s| s.is_available_from(&jid))
@@ -427,14 +406,7 @@ mod review {
         let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("p").sm(true))
             .await
             .expect("joe");
-        let r = joe
-            .iq(
-                "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-                "inv",
-                T,
-            )
-            .await;
-        assert_eq!(r.type_(), Some("result"));
+        invisible(&joe, None).await;
         let snap = joe.sm_snapshot();
         let jid = joe.jid.clone();
         joe.drop_tcp();
@@ -517,14 +489,7 @@ mod review {
         let joe = Client::connect(w.proxy.starttls, "joe", "joe-pw", Opts::new("d"))
             .await
             .expect("joe");
-        let r = joe
-            .iq(
-                "<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'/></iq>",
-                "inv",
-                T,
-            )
-            .await;
-        assert_eq!(r.type_(), Some("result"));
+        invisible(&joe, None).await;
         joe.send("<presence to='stpeter@localhost'/>").await;
         st.wait_for("directed presence", T, |s| s.is_available_from(&joe.jid))
             .await;

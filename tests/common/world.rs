@@ -2,6 +2,8 @@
 //! (mutual subscriptions, made by real clients), a stranger and bob (no subscription), and the
 //! proxy in front of it on a plaintext loopback upstream (the recommended setup).
 
+use std::time::Duration;
+
 use super::client::{Client, Opts, befriend};
 use super::proxy::{self, TestProxy};
 use super::servers::{Kind, Server, ServerOpts};
@@ -98,4 +100,22 @@ macro_rules! both_servers {
             )*
         }
     };
+}
+
+const T: Duration = Duration::from_secs(10);
+
+/// XEP-0186 `<invisible/>` (with `probe` if given), answered `result`.
+pub async fn invisible(c: &Client, probe: Option<&str>) {
+    let probe = probe.map(|p| format!(" probe='{p}'")).unwrap_or_default();
+    let xml =
+        format!("<iq type='set' id='inv'><invisible xmlns='urn:xmpp:invisible:1'{probe}/></iq>");
+    let r = c.iq(&xml, "inv", T).await;
+    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
+}
+
+/// XEP-0186 `<visible/>`, answered `result`.
+pub async fn visible(c: &Client) {
+    let xml = "<iq type='set' id='vis'><visible xmlns='urn:xmpp:invisible:1'/></iq>";
+    let r = c.iq(xml, "vis", T).await;
+    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
 }
