@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -203,13 +204,37 @@ async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Tls
 }
 
 async fn connection(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     kind: ListenerKind,
     acceptor: TlsAcceptor,
     conn_id: u64,
     shared: Arc<Shared>,
 ) {
     let auth_deadline = Instant::now() + shared.auth_timeout;
+    // Boxed, and the TLS stream too: the handshake's state is freed before the session starts,
+    // and the session moves a pointer around instead of the 1 KiB stream.
+    let handshake = Box::pin(handshake(
+        tcp,
+        kind,
+        acceptor,
+        conn_id,
+        &shared,
+        auth_deadline,
+    ));
+    if let Some(tls) = handshake.await {
+        session::serve(tls, conn_id, auth_deadline, shared).await;
+    }
+}
+
+/// STARTTLS (on that listener) and the TLS handshake, bounded by the authentication deadline.
+async fn handshake(
+    mut tcp: TcpStream,
+    kind: ListenerKind,
+    acceptor: TlsAcceptor,
+    conn_id: u64,
+    shared: &Shared,
+    auth_deadline: Instant,
+) -> Option<Box<TlsStream<TcpStream>>> {
     let _ = tcp.set_nodelay(true);
     tracing::debug!(?kind, "accepted");
     let handshake = async {
@@ -225,7 +250,7 @@ async fn connection(
             }
         }
         match acceptor.accept(tcp).await {
-            Ok(tls) => Some(tls),
+            Ok(tls) => Some(Box::new(tls)),
             Err(e) => {
                 metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
                 tracing::info!(error = %e, "client TLS handshake failed");
@@ -233,17 +258,11 @@ async fn connection(
             }
         }
     };
-    let tls = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        r = tokio::time::timeout_at(auth_deadline, handshake) => match r {
-            Ok(Some(tls)) => tls,
-            Ok(None) => return,
-            Err(_) => {
-                tracing::info!("handshake timed out");
-                return;
-            }
-        },
-    };
-    // Boxed: the handshake state above is not kept for the session's lifetime.
-    Box::pin(session::serve(tls, conn_id, auth_deadline, shared)).await;
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => None,
+        r = tokio::time::timeout_at(auth_deadline, handshake) => r.unwrap_or_else(|_| {
+            tracing::info!("handshake timed out");
+            None
+        }),
+    }
 }

@@ -10,14 +10,17 @@
 //! reset right when `<success/>` passes, at that exact frame boundary, so no byte of either new
 //! stream is read with the old parser state.
 
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use metrics::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
@@ -48,15 +51,49 @@ pub struct Shared {
 /// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Read size: large enough to take a burst of stanzas in one read (and one TLS record).
-const READ_CHUNK: usize = 8 * 1024;
-/// A read smaller than this leaves the leg quiet: once its frames are handled, its read buffer
-/// is freed, so that the thousands of sessions that sit idle for hours hold none.
+const READ_CHUNK: usize = 16 * 1024;
+/// A read smaller than this leaves the leg quiet: once its frames are handled, its buffers are
+/// freed, so that the thousands of sessions that sit idle for hours hold none.
 const QUIET_READ: usize = 1024;
 
+thread_local! {
+    /// Where every session of this worker thread reads into: a session waiting for data holds no
+    /// read buffer of its own. Only borrowed inside one poll, never across an `.await`.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
 /// Serves one client whose TLS is established: reads its stream header, connects upstream and
-/// relays until either side ends. `framer` may already hold bytes read after the handshake.
-/// `auth_deadline`: when the client must have authenticated (counted from its TCP connection).
-pub async fn serve<C>(mut client: C, conn_id: u64, auth_deadline: Instant, shared: Arc<Shared>)
+/// relays until either side ends. `auth_deadline`: when the client must have authenticated
+/// (counted from its TCP connection).
+///
+/// Memory: thousands of sessions sit idle for hours, so what one holds while it waits is kept
+/// small. The setup runs in its own boxed future, freed before the relay starts; the relay lives
+/// in one box; `C` should be small to move (a boxed TLS stream).
+pub async fn serve<C>(client: C, conn_id: u64, auth_deadline: Instant, shared: Arc<Shared>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    match Box::pin(open(client, conn_id, auth_deadline, &shared)).await {
+        Some(Opened::Plain(relay)) => relay.run().await,
+        Some(Opened::Tls(relay)) => relay.run().await,
+        None => {}
+    }
+}
+
+/// A relay ready to run, over either kind of upstream leg.
+enum Opened<'a, C> {
+    Plain(Box<Relay<'a, C, tokio::net::TcpStream>>),
+    Tls(Box<Relay<'a, C, tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+}
+
+/// Reads the client's stream header and connects upstream; `None` when the client was refused
+/// (it has been told why).
+async fn open<C>(
+    mut client: C,
+    conn_id: u64,
+    auth_deadline: Instant,
+    shared: &Shared,
+) -> Option<Opened<'_, C>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -85,7 +122,7 @@ where
             )
             .await;
         }
-        Err(ReadError::Closed) => return,
+        Err(ReadError::Closed) => return None,
         Err(ReadError::Frame(e)) => {
             return refuse(&mut client, &stream_id, "", e.condition(), &e.to_string()).await;
         }
@@ -133,7 +170,7 @@ where
             }
             let _ = client.write_all(&out).await;
             let _ = client.shutdown().await;
-            return;
+            return None;
         }
         Err(_) => {
             tracing::warn!(timeout = ?shared.connect_timeout, "upstream connect timed out");
@@ -154,32 +191,33 @@ where
         client_prefixes: header.prefixes,
         auth_deadline,
     };
-    // Boxed, each: this future would otherwise hold the larger of the two relays inline for
-    // the session's whole life.
-    match upstream {
+    // The client's header goes first; anything it sent right after is already in the framer.
+    Some(match upstream {
         Upstream::Plain(up) => {
-            Box::pin(Relay::new(client, up, cf, &opening, &shared).run(header_raw)).await
+            Opened::Plain(Relay::new(client, up, cf, &opening, shared, &header_raw))
         }
         Upstream::Tls(up) => {
-            Box::pin(Relay::new(client, *up, cf, &opening, &shared).run(header_raw)).await
+            Opened::Tls(Relay::new(client, *up, cf, &opening, shared, &header_raw))
         }
-    }
+    })
 }
 
-/// Sends the proxy's own stream header and a stream error (nothing was relayed yet).
-async fn refuse<C: AsyncWrite + Unpin>(
+/// Sends the proxy's own stream header and a stream error (nothing was relayed yet). Returns
+/// `None`, what [`open`] returns for a refused client.
+async fn refuse<C: AsyncWrite + Unpin, T>(
     client: &mut C,
     id: &str,
     domain: &str,
     condition: &'static str,
     reason: &str,
-) {
+) -> Option<T> {
     tracing::info!(condition, reason, "stream refused");
     metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
     let mut out = client_stream_header(id, domain).to_vec();
     out.extend_from_slice(&stream_error(condition, reason));
     let _ = client.write_all(&out).await;
     let _ = client.shutdown().await;
+    None
 }
 
 fn nanos() -> u128 {
@@ -356,14 +394,21 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(client: C, upstream: U, cf: Framer, opening: &Opening, shared: &'a Shared) -> Self {
+    fn new(
+        client: C,
+        upstream: U,
+        cf: Framer,
+        opening: &Opening,
+        shared: &'a Shared,
+        client_header: &[u8],
+    ) -> Box<Self> {
         let Opening {
             domain,
             conn_id,
             client_prefixes,
             auth_deadline,
         } = opening.clone();
-        Relay {
+        Box::new(Relay {
             client,
             upstream,
             cf,
@@ -380,7 +425,7 @@ where
             client_prefixes,
             server_prefixes: vec![("stream".into(), NS_STREAMS.into())],
             to_client: Vec::new(),
-            to_server: Vec::new(),
+            to_server: client_header.to_vec(),
             actions: Vec::new(),
             counters: Counters::new(),
             hidden: false,
@@ -396,12 +441,12 @@ where
             c_last_read: 0,
             s_last_read: 0,
             shared,
-        }
+        })
     }
 
-    async fn run(mut self, client_header: Bytes) {
-        self.to_server.extend_from_slice(&client_header);
-        // Anything the client sent right after its header is already in the framer.
+    /// Boxed `self`: the relay's state stays in its one allocation instead of being moved into
+    /// this future (and copied again into each future that takes it).
+    async fn run(mut self: Box<Self>) {
         let mut end = self.client_frames().err();
         if end.is_none() {
             end = self.flush().await.err();
@@ -420,8 +465,6 @@ where
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
-            reserve(self.cf.buffer_mut());
-            reserve(self.sf.buffer_mut());
             let result = tokio::select! {
                 _ = &mut cancelled => Err(End::Shutdown),
                 _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
@@ -429,7 +472,7 @@ where
                     "authentication took too long".into(),
                 )),
                 request = takeover_request(&mut self.takeover) => Err(End::TakenOver(request)),
-                r = self.client.read_buf(self.cf.buffer_mut()) => match r {
+                r = read_into(&mut self.client, self.cf.buffer_mut()) => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
                         self.counters.bytes_c2s.increment(n as u64);
@@ -437,7 +480,7 @@ where
                         self.client_frames()
                     }
                 },
-                r = self.upstream.read_buf(self.sf.buffer_mut()) => match r {
+                r = read_into(&mut self.upstream, self.sf.buffer_mut()) => match r {
                     Ok(0) => Err(End::ServerGone("the server closed the connection".into())),
                     Err(e) => Err(End::ServerGone(format!("read: {e}"))),
                     Ok(n) => {
@@ -453,18 +496,21 @@ where
             while result.is_ok()
                 && let Some(request) = self.resume_request.take()
             {
-                self.start_resume(request).await;
+                // Boxed: its state is only needed for the moment of a resumption.
+                Box::pin(self.start_resume(request)).await;
                 result = self.client_frames().and(self.flush().await);
             }
             if let Err(end) = result {
                 return end;
             }
-            // A quiet leg gives its read buffer back; a busy one keeps it (no allocation per read).
+            // A quiet leg gives its buffers back; a busy one keeps them (no allocation per read).
             if self.c_last_read < QUIET_READ {
                 self.cf.release_if_empty();
+                release(&mut self.to_server);
             }
             if self.s_last_read < QUIET_READ {
                 self.sf.release_if_empty();
+                release(&mut self.to_client);
             }
         }
     }
@@ -1080,18 +1126,30 @@ async fn drain_until_closed<U: AsyncRead + Unpin>(upstream: &mut U, framer: &mut
                 Ok(None) => break,
             }
         }
-        let buf = framer.buffer_mut();
-        reserve(buf);
-        match upstream.read_buf(buf).await {
+        match read_into(upstream, framer.buffer_mut()).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
+/// Reads what `r` has ready and appends it to `buf`, through this thread's [`SCRATCH`].
+async fn read_into<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
+            buf.extend_from_slice(rb.filled());
+            Poll::Ready(Ok(rb.filled().len()))
+        })
+    })
+    .await
+}
+
+/// Frees an empty write queue's memory.
+fn release(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = Vec::new();
     }
 }
 
