@@ -325,11 +325,16 @@ struct ResumeRequest {
 
 /// Per-session handles of the hot-path counters (one registry lookup per session, not per stanza).
 struct Counters {
-    c2s: [Counter; 4],
-    s2c: [Counter; 4],
-    bytes_c2s: Counter,
-    bytes_s2c: Counter,
+    /// Stanzas by kind from the client (0..4) and from the server (4..8), bytes read from the
+    /// client (8) and from the server (9).
+    handles: [Counter; 10],
+    /// Counted here and added to `handles` once per read ([`Counters::publish`]): each add is an
+    /// atomic on a cache line that every session of the process shares.
+    pending: [u64; 10],
 }
+
+const BYTES_C2S: usize = 8;
+const BYTES_S2C: usize = 9;
 
 impl Counters {
     fn new() -> Self {
@@ -337,11 +342,40 @@ impl Counters {
             ["message", "presence", "iq", "other"]
                 .map(|kind| metrics::counter!(m::STANZAS_TOTAL, "direction" => dir, "kind" => kind))
         };
+        let [c0, c1, c2, c3] = kinds("c2s");
+        let [s0, s1, s2, s3] = kinds("s2c");
         Counters {
-            c2s: kinds("c2s"),
-            s2c: kinds("s2c"),
-            bytes_c2s: metrics::counter!(m::BYTES_TOTAL, "direction" => "c2s"),
-            bytes_s2c: metrics::counter!(m::BYTES_TOTAL, "direction" => "s2c"),
+            handles: [
+                c0,
+                c1,
+                c2,
+                c3,
+                s0,
+                s1,
+                s2,
+                s3,
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "c2s"),
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "s2c"),
+            ],
+            pending: [0; 10],
+        }
+    }
+
+    fn stanza(&mut self, origin: Origin, kind: ElementKind) {
+        let base = if origin == Origin::Server { 4 } else { 0 };
+        self.pending[base + kind_index(kind)] += 1;
+    }
+
+    fn bytes(&mut self, which: usize, n: usize) {
+        self.pending[which] += n as u64;
+    }
+
+    /// Adds what was counted since the last call to the shared counters.
+    fn publish(&mut self) {
+        for (handle, pending) in self.handles.iter().zip(self.pending.iter_mut()) {
+            if *pending > 0 {
+                handle.increment(std::mem::take(pending));
+            }
         }
     }
 }
@@ -463,11 +497,13 @@ where
         // Made once: creating it on every loop costs a lock shared by every session.
         let shutdown = self.shared.shutdown.clone();
         let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // Made once too: select! evaluates a disabled branch's expression all the same.
+        let auth_timer = tokio::time::sleep_until(self.auth_deadline);
+        tokio::pin!(cancelled, auth_timer);
         loop {
             let result = tokio::select! {
                 _ = &mut cancelled => Err(End::Shutdown),
-                _ = tokio::time::sleep_until(self.auth_deadline), if !self.authenticated => Err(End::ClientError(
+                _ = &mut auth_timer, if !self.authenticated => Err(End::ClientError(
                     "connection-timeout",
                     "authentication took too long".into(),
                 )),
@@ -475,7 +511,7 @@ where
                 r = read_into(&mut self.client, self.cf.buffer_mut()) => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
-                        self.counters.bytes_c2s.increment(n as u64);
+                        self.counters.bytes(BYTES_C2S, n);
                         self.c_last_read = n;
                         self.client_frames()
                     }
@@ -484,7 +520,7 @@ where
                     Ok(0) => Err(End::ServerGone("the server closed the connection".into())),
                     Err(e) => Err(End::ServerGone(format!("read: {e}"))),
                     Ok(n) => {
-                        self.counters.bytes_s2c.increment(n as u64);
+                        self.counters.bytes(BYTES_S2C, n);
                         self.s_last_read = n;
                         // A resumption may have settled: the client's waiting stanzas go on.
                         self.server_frames().and_then(|()| self.client_frames())
@@ -536,7 +572,7 @@ where
                 }
                 Frame::StreamEnd(_) => return Err(End::ClientClosed),
                 Frame::Element { raw, kind } => {
-                    self.counters.c2s[kind_index(kind)].increment(1);
+                    self.counters.stanza(Origin::Client, kind);
                     if kind == ElementKind::Other {
                         self.client_stream_element(raw)?;
                     } else {
@@ -741,7 +777,7 @@ where
                     return Err(End::ServerClosed);
                 }
                 Frame::Element { raw, kind } => {
-                    self.counters.s2c[kind_index(kind)].increment(1);
+                    self.counters.stanza(Origin::Server, kind);
                     if kind == ElementKind::Other {
                         self.server_stream_element(raw)?;
                     } else {
@@ -896,11 +932,12 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), End> {
+        // The counts go out with the bytes they count.
+        self.counters.publish();
         // A peer that does not read must not hold the session (and its buffers) forever.
         let limit = self.shared.write_timeout;
         if !self.to_server.is_empty() {
-            let r =
-                tokio::time::timeout(limit, write_out(&mut self.upstream, &self.to_server)).await;
+            let r = write_bounded(&mut self.upstream, &self.to_server, limit).await;
             clear_write_buffer(&mut self.to_server);
             match r {
                 Ok(r) => r.map_err(|e| End::ServerGone(format!("write: {e}")))?,
@@ -910,7 +947,7 @@ where
         if !self.to_client.is_empty() {
             // A client that resumed elsewhere may be the reason this write does not finish.
             let r = tokio::select! {
-                r = tokio::time::timeout(limit, write_out(&mut self.client, &self.to_client)) => r,
+                r = write_bounded(&mut self.client, &self.to_client, limit) => r,
                 request = takeover_request(&mut self.takeover) => {
                     clear_write_buffer(&mut self.to_client);
                     return Err(End::TakenOver(request));
@@ -1158,6 +1195,20 @@ fn release(buf: &mut Vec<u8>) {
 async fn write_out<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
+}
+
+/// [`write_out`] within `limit`. Most writes finish at once: the timer is only set for one
+/// that does not (setting it costs atomics shared with every other session).
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    let mut write = std::pin::pin!(write_out(w, bytes));
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Ok(r);
+    }
+    tokio::time::timeout(limit, write).await
 }
 
 /// Empties a write queue, giving back the memory of an unusually large burst.
