@@ -494,8 +494,9 @@ where
     }
 
     async fn pump(&mut self) -> End {
-        // Made once: creating it on every loop costs a lock shared by every session.
-        let shutdown = self.shared.shutdown.clone();
+        // This session's own token: polling the shared token's future takes a lock that every
+        // session shares, and the pump polls it on every read. Made once, outside the loop.
+        let shutdown = self.shared.shutdown.child_token();
         let cancelled = shutdown.cancelled();
         // Made once too: select! evaluates a disabled branch's expression all the same.
         let auth_timer = tokio::time::sleep_until(self.auth_deadline);
