@@ -626,6 +626,36 @@ fn report(
                 errors(&rs),
             );
         }
+        // Slow drift of the machine cancels out in pairs run next to each other (same round).
+        if relay.len() >= 2 {
+            for t in targets.iter().filter(|t| t.as_str() != "relay") {
+                let rs = runs(scenario, t);
+                let mut q: Vec<f64> = rs
+                    .iter()
+                    .zip(&relay)
+                    .filter_map(|(a, b)| {
+                        ratio(
+                            num(a, "proxy_cpu_us_per_msg"),
+                            num(b, "proxy_cpu_us_per_msg"),
+                        )
+                    })
+                    .collect();
+                if q.is_empty() {
+                    continue;
+                }
+                q.sort_by(f64::total_cmp);
+                let median = if q.len() % 2 == 1 {
+                    q[q.len() / 2]
+                } else {
+                    (q[q.len() / 2 - 1] + q[q.len() / 2]) / 2.0
+                };
+                let _ = writeln!(
+                    r,
+                    "| *{t}: CPU ÷ relay of the same round, median of {}* | | | | {median:.3} | | | | | | |",
+                    q.len()
+                );
+            }
+        }
         // Noise: the relay against itself, run 1 ÷ run 2.
         if relay.len() >= 2 {
             let (a, b) = (relay[0], relay[1]);
