@@ -630,10 +630,11 @@ fn report(
         if relay.len() >= 2 {
             for t in targets.iter().filter(|t| t.as_str() != "relay") {
                 let rs = runs(scenario, t);
+                // Paired on the round number: a failed run leaves its round unpaired.
                 let mut q: Vec<f64> = rs
                     .iter()
-                    .zip(&relay)
-                    .filter_map(|(a, b)| {
+                    .filter_map(|a| {
+                        let b = relay.iter().find(|b| b.get("round") == a.get("round"))?;
                         ratio(
                             num(a, "proxy_cpu_us_per_msg"),
                             num(b, "proxy_cpu_us_per_msg"),

@@ -966,6 +966,8 @@ where
     /// Ends both legs in the order that keeps the promise: while the upstream is still open, the
     /// policy's pending `unavailable`s go out before the proxy closes the stream.
     async fn finish(mut self, end: End) {
+        // What was counted before the end, if no flush carried it out.
+        self.counters.publish();
         let upstream_open = !matches!(end, End::ServerClosed | End::ServerGone(_));
         let resumable = self.sm.as_ref().is_some_and(|sm| sm.id.is_some());
         let client_lost = matches!(
