@@ -26,8 +26,6 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
 use memchr::memchr;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -172,20 +170,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn tls_acceptor(args: &Args) -> Result<TlsAcceptor, String> {
-    let certs = CertificateDer::pem_file_iter(&args.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", args.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&args.key)
-        .map_err(|e| format!("{}: {e}", args.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    xmpp_veil::tls::server_config_from_files(&args.cert, &args.key).map(TlsAcceptor::from)
 }
 
 fn roster_items(n: usize) -> String {

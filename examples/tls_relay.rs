@@ -11,12 +11,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -52,20 +49,9 @@ fn main() -> Result<(), String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(&args.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", args.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&args.key)
-        .map_err(|e| format!("{}: {e}", args.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = TlsAcceptor::from(xmpp_veil::tls::server_config_from_files(
+        &args.cert, &args.key,
+    )?);
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("{}: {e}", args.listen))?;

@@ -24,8 +24,8 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The client-facing TLS configuration.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, String> {
-    let (certs, key) = match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => (read_certs(cert)?, read_key(key)?),
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => server_config_from_files(cert, key),
         _ => {
             tracing::warn!(
                 "no --cert/--key given: using the DEVELOPMENT certificate for localhost from certs/; \
@@ -36,9 +36,20 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, String> {
                 .map_err(|e| format!("built-in dev certificate: {e}"))?;
             let key = PrivateKeyDer::from_pem_slice(DEV_KEY)
                 .map_err(|e| format!("built-in dev key: {e}"))?;
-            (certs, key)
+            build_server_config(certs, key)
         }
-    };
+    }
+}
+
+/// A client-facing TLS configuration from PEM files (the benchmark's TLS endpoints use it too).
+pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    build_server_config(read_certs(cert)?, read_key(key)?)
+}
+
+fn build_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, String> {
     let mut tls = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
