@@ -101,10 +101,7 @@ async fn env_flags_metrics_and_sigterm() {
     let mark = st.mark();
     let (took, success) = proxy.terminate(Duration::from_secs(6)).await;
     assert!(success, "xmpp-veil did not exit cleanly");
-    let e = joe
-        .wait_for("system-shutdown", T, |s| s.is_stream_error())
-        .await;
-    assert_eq!(e.error_condition(), Some("system-shutdown"), "{}", e.raw);
+    joe.expect_stream_error("system-shutdown", T).await;
     st.wait_for_since(mark, "joe's unavailable at shutdown", T, |s| {
         s.is_unavailable_from(&joe.jid)
     })

@@ -265,10 +265,7 @@ async fn bad_input_gets_its_stream_error_and_the_proxy_keeps_serving() {
         .await
         .expect("alice");
     alice.send("<presence><!-- sneaky --></presence>").await;
-    let e = alice
-        .wait_for("stream error", T, |s| s.is_stream_error())
-        .await;
-    assert_eq!(e.error_condition(), Some("restricted-xml"));
+    alice.expect_stream_error("restricted-xml", T).await;
     assert!(
         alice.wait_closed(T).await,
         "alice's stream not closed: {}",
@@ -369,10 +366,7 @@ async fn server_closing_the_stream_reaches_the_client() {
     let _a2 = Client::connect(proxy.starttls, "alice", "alice-pw", Opts::new("same"))
         .await
         .expect("second");
-    let e = a1
-        .wait_for("conflict stream error", T, |s| s.is_stream_error())
-        .await;
-    assert_eq!(e.error_condition(), Some("conflict"));
+    a1.expect_stream_error("conflict", T).await;
     assert!(a1.wait_closed(T).await);
 }
 

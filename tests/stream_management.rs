@@ -313,10 +313,7 @@ async fn redirects_never_reach_the_client() {
     assert!(enabled.attr("location").is_none(), "{}", enabled.raw);
     joe.send("<message to='redirect-me@localhost'><body>x</body></message>")
         .await;
-    let e = joe
-        .wait_for("stream error", T, |s| s.is_stream_error())
-        .await;
-    assert_eq!(e.error_condition(), Some("system-shutdown"), "{}", e.raw);
+    joe.expect_stream_error("system-shutdown", T).await;
     assert!(
         !joe.received().iter().any(|s| s.raw.contains("elsewhere")),
         "{}",
@@ -503,15 +500,7 @@ mod review {
             "</x>".repeat(300)
         );
         bob.send(&deep).await;
-        let e = joe
-            .wait_for("stream error", T, |s| s.is_stream_error())
-            .await;
-        assert_eq!(
-            e.error_condition(),
-            Some("remote-connection-failed"),
-            "{}",
-            e.raw
-        );
+        joe.expect_stream_error("remote-connection-failed", T).await;
         st.wait_for_since(mark, "unavailable at the end", T, |s| {
             s.is_unavailable_from(&joe.jid)
         })

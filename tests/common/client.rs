@@ -1124,6 +1124,16 @@ impl Client {
         self.wait_for_since(0, what, timeout, pred).await
     }
 
+    /// Waits for the stream error and asserts its defined condition.
+    pub async fn expect_stream_error(&self, condition: &str, timeout: Duration) {
+        let e = self
+            .wait_for(&format!("{condition} stream error"), timeout, |s| {
+                s.is_stream_error()
+            })
+            .await;
+        assert_eq!(e.error_condition(), Some(condition), "{}", e.raw);
+    }
+
     /// Like [`Client::wait_for`], but only stanzas received after this call.
     /// If the stanza may already be in flight (the action that triggers it
     /// happened before this call), take a [`Client::mark`] before that action
