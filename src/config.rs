@@ -17,6 +17,27 @@ pub enum UpstreamTls {
     Direct,
 }
 
+/// How an invisible session is hidden (see the README, "Two strategies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InvisibilityStrategy {
+    /// A privacy list where the server advertises `jabber:iq:privacy`, the silent session otherwise.
+    Auto,
+    /// A privacy list of the session's own (XEP-0016); silent if the server refuses it.
+    PrivacyList,
+    /// The silent session: the server never gets undirected presence while anyone is hidden.
+    Silent,
+}
+
+impl From<InvisibilityStrategy> for crate::policy::Strategy {
+    fn from(s: InvisibilityStrategy) -> Self {
+        match s {
+            InvisibilityStrategy::Auto => crate::policy::Strategy::Auto,
+            InvisibilityStrategy::PrivacyList => crate::policy::Strategy::PrivacyList,
+            InvisibilityStrategy::Silent => crate::policy::Strategy::Silent,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "xmpp-veil",
@@ -113,6 +134,16 @@ pub struct Config {
     )]
     pub upstream_connect_timeout: f64,
 
+    /// How invisibility is enforced: a per-session privacy list where the server has them, or
+    /// the silent session.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_INVISIBILITY_STRATEGY",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub invisibility_strategy: InvisibilityStrategy,
+
     /// Time allowed for graceful shutdown before remaining sessions are cut, in seconds.
     #[arg(long, env = "XMPP_VEIL_SHUTDOWN_TIMEOUT", default_value_t = 5.0)]
     pub shutdown_timeout: f64,
@@ -179,6 +210,7 @@ mod tests {
         assert_eq!(c.max_stanza_size, 262_144);
         assert_eq!(c.upstream_host(), "xmpp.example.org");
         assert!(c.cert.is_none() && !c.upstream_insecure);
+        assert_eq!(c.invisibility_strategy, InvisibilityStrategy::Auto);
     }
 
     #[test]

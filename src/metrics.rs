@@ -19,6 +19,11 @@ pub const PRESENCE_SUPPRESSED: &str = "xmpp_veil_presence_suppressed_total";
 /// Labels: `protocol` = `xep0186` | `xep0018`, `command` = `invisible` | `visible`.
 pub const INVISIBILITY_COMMANDS: &str = "xmpp_veil_invisibility_commands_total";
 
+/// Label: `strategy` = `privacy_list` | `silent`.
+pub const INVISIBLE_SESSIONS_BY_STRATEGY: &str = "xmpp_veil_invisible_sessions_by_strategy";
+/// A privacy-list IQ of the proxy's that the server refused (the session falls back to silent).
+pub const PRIVACY_LIST_FAILURES: &str = "xmpp_veil_privacy_list_failures_total";
+
 pub const SESSION_PANICS: &str = "xmpp_veil_session_panics_total";
 pub const CONNECTIONS_REFUSED: &str = "xmpp_veil_connections_refused_total";
 /// Label: `result` = `ok` | `failed`.

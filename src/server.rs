@@ -59,6 +59,7 @@ impl Proxy {
             write_timeout: config.write_timeout(),
             shutdown: shutdown.clone(),
             resume: ResumeStore::default(),
+            strategy: config.invisibility_strategy.into(),
         });
         let acceptor = TlsAcceptor::from(server_tls);
         let tracker = TaskTracker::new();

@@ -46,6 +46,8 @@ pub struct Shared {
     pub write_timeout: Duration,
     pub shutdown: CancellationToken,
     pub resume: ResumeStore,
+    /// How invisible sessions are hidden (`--invisibility-strategy`).
+    pub strategy: crate::policy::Strategy,
 }
 
 /// Time to wait for the server's `</stream:stream>` after the proxy closed its stream.
@@ -402,7 +404,8 @@ struct Relay<'a, C, U> {
     to_server: Vec<u8>,
     actions: Vec<Action>,
     counters: Counters,
-    hidden: bool,
+    /// The session hides from someone, and how (`privacy_list` or `silent`).
+    hidden: Option<&'static str>,
     jid_known: bool,
     /// SASL succeeded on this connection (a `<resume/>` is only taken after it).
     authenticated: bool,
@@ -452,9 +455,10 @@ where
                 max_attributes: usize::MAX,
                 ..shared.limits
             }),
-            policy: Policy::new(
+            policy: Policy::with_strategy(
                 &domain,
                 &format!("veil{:x}{conn_id:x}", nanos() & 0xffff_ffff),
+                shared.strategy,
             ),
             client_prefixes,
             server_prefixes: vec![("stream".into(), NS_STREAMS.into())],
@@ -462,7 +466,7 @@ where
             to_server: client_header.to_vec(),
             actions: Vec::new(),
             counters: Counters::new(),
-            hidden: false,
+            hidden: None,
             jid_known: false,
             authenticated: false,
             sasl_user: None,
@@ -556,7 +560,12 @@ where
     fn client_frames(&mut self) -> Result<(), End> {
         // While a resumption is open, the client's next stanzas belong to the resumed session:
         // they wait until the server has answered (and the resumed policy is in place).
-        while self.resume_request.is_none() && self.pending_resume.is_none() {
+        // So do they while the policy waits for the server to confirm a privacy list: the next
+        // stanza may be one that must not go out before the list is in force.
+        while self.resume_request.is_none()
+            && self.pending_resume.is_none()
+            && !self.policy.awaits_server()
+        {
             let frame = match self.cf.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
@@ -726,10 +735,7 @@ where
         let lost = state.s2c.rebase(client_h);
         self.to_client
             .extend_from_slice(&with_h(raw, client_count)?);
-        let was_hidden = std::mem::replace(&mut self.hidden, false);
-        if was_hidden {
-            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
-        }
+        set_hidden_gauges(self.hidden.take(), None);
         self.policy = state.policy;
         self.jid_known = false;
         self.takeover = self
@@ -911,16 +917,11 @@ where
                 ));
             }
         }
-        let hidden = self.policy.is_hidden();
+        let hidden = self.policy.is_hidden().then(|| self.policy.strategy_in_use());
         if hidden != self.hidden {
+            set_hidden_gauges(self.hidden, hidden);
             self.hidden = hidden;
-            let gauge = metrics::gauge!(m::INVISIBLE_SESSIONS);
-            if hidden {
-                gauge.increment(1.0)
-            } else {
-                gauge.decrement(1.0)
-            }
-            tracing::info!(hidden, "visibility changed");
+            tracing::info!(hidden = hidden.is_some(), strategy = hidden, "visibility changed");
         }
         if !self.jid_known
             && let Some(jid) = self.policy.jid()
@@ -1046,9 +1047,7 @@ where
             })
             .await;
         }
-        if self.hidden {
-            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
-        }
+        set_hidden_gauges(self.hidden, None);
         tracing::info!(?end, "session ended");
     }
 }
@@ -1068,9 +1067,7 @@ where
         let _ = self.apply_actions(Origin::Proxy);
         let to_server = std::mem::take(&mut self.to_server);
         let _ = tokio::time::timeout(CLOSE_GRACE, write_out(&mut self.upstream, &to_server)).await;
-        if self.hidden {
-            metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
-        }
+        set_hidden_gauges(self.hidden, None);
         let Relay {
             client,
             upstream,
@@ -1109,6 +1106,21 @@ where
             }
             _ => shared.resume.put(&id, state),
         }
+    }
+}
+
+/// Moves one session between the invisible-session gauges.
+fn set_hidden_gauges(before: Option<&'static str>, after: Option<&'static str>) {
+    if before == after {
+        return;
+    }
+    if let Some(strategy) = before {
+        metrics::gauge!(m::INVISIBLE_SESSIONS).decrement(1.0);
+        metrics::gauge!(m::INVISIBLE_SESSIONS_BY_STRATEGY, "strategy" => strategy).decrement(1.0);
+    }
+    if let Some(strategy) = after {
+        metrics::gauge!(m::INVISIBLE_SESSIONS).increment(1.0);
+        metrics::gauge!(m::INVISIBLE_SESSIONS_BY_STRATEGY, "strategy" => strategy).increment(1.0);
     }
 }
 

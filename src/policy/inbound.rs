@@ -11,7 +11,9 @@ use bytes::Bytes;
 use jid::{FullJid, Jid};
 
 use super::roster::{NS_ROSTER, Roster};
-use super::{Action, NS_BIND, NS_CLIENT, NS_DISCO_INFO, Policy, Violation, presence, xep0186};
+use super::{
+    Action, NS_BIND, NS_CLIENT, NS_DISCO_INFO, Policy, Violation, presence, privacy_list, xep0186,
+};
 use crate::xml::{Element, StartTag};
 
 impl Policy {
@@ -21,8 +23,10 @@ impl Policy {
         out: &mut Vec<Action>,
     ) -> Result<(), Violation> {
         let tag = StartTag::parse(raw)?;
-        if !matches!(tag.attr("type"), Some("invisible" | "visible")) {
-            out.push(Action::ToClient(raw.clone()));
+        match tag.attr("type") {
+            Some("invisible" | "visible") => {}
+            Some("error") if privacy_list::is_bounce(self, raw) => {}
+            _ => out.push(Action::ToClient(raw.clone())),
         }
         Ok(())
     }
@@ -34,6 +38,18 @@ impl Policy {
     ) -> Result<(), Violation> {
         let tag = StartTag::parse(raw)?;
         let id = tag.attr("id").unwrap_or("");
+        let from = tag.attr("from");
+        // The proxy's own privacy-list traffic (and the disco#info that chooses the strategy).
+        if matches!(tag.attr("type"), Some("result" | "error"))
+            && id.starts_with(&self.id_prefix)
+            && id[self.id_prefix.len()..].starts_with("-pl")
+            && (self.is_own_account(from) || from.is_some_and(|f| self.is_our_server(f)))
+        {
+            let iq = Element::parse(raw, NS_CLIENT, &[])?;
+            if privacy_list::server_iq(self, &iq, out) {
+                return Ok(());
+            }
+        }
         match tag.attr("type") {
             Some("result" | "error")
                 if self.roster_query_id.as_deref() == Some(id)
@@ -58,9 +74,14 @@ impl Policy {
                     return Ok(());
                 }
             }
-            Some("set") if self.roster.is_some() => {
+            Some("set") if self.roster.is_some() || self.uses_list() => {
                 let iq = Element::parse(raw, NS_CLIENT, &[])?;
-                self.roster_push(&iq, out);
+                if self.is_own_account(iq.attr("from")) {
+                    privacy_list::blocklist_push(self, &iq, out);
+                }
+                if self.roster.is_some() {
+                    self.roster_push(&iq, out);
+                }
             }
             _ => {}
         }
@@ -84,6 +105,7 @@ impl Policy {
             crate::xml::element::escape(&id)
         ))));
         self.roster_query_id = Some(id);
+        privacy_list::bound(self, self.strategy, out);
     }
 
     fn roster_arrived(&mut self, iq: &Element, out: &mut Vec<Action>) {

@@ -3,7 +3,10 @@
 //! No I/O and no clock: the session pump feeds it events (a stanza from the client, a stanza
 //! from the server, the end of the session) and carries out the [`Action`]s it returns.
 //!
-//! Strategy ("silent session"): while anyone is meant not to see the resource, the server never
+//! Two strategies. With a privacy list ([`privacy_list`], where the server has XEP-0016 and
+//! the configuration allows it) the server keeps the session available and a list of this
+//! session's own denies `presence-out` to whoever must not see it. Without ("silent session"):
+//! while anyone is meant not to see the resource, the server never
 //! receives undirected available presence from it, so it treats the resource as connected but
 //! unavailable (offline to probes, no broadcasts). Whatever contacts may see goes out as directed
 //! presence sent by the proxy, which remembers every entity it showed the resource to and tells
@@ -19,6 +22,7 @@
 
 mod inbound;
 pub mod presence;
+pub mod privacy_list;
 pub mod roster;
 pub mod xep0018;
 pub mod xep0186;
@@ -29,6 +33,7 @@ use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
 use crate::xml::{Element, ElementKind, FrameError, StartTag};
+pub use privacy_list::Strategy;
 use roster::Roster;
 
 /// What the pump must do with the result of one event, in order.
@@ -140,11 +145,19 @@ pub struct Policy {
     /// Work that waits for the roster view.
     fan_out_pending: bool,
     probe_pending: bool,
+    /// The configured strategy, and what this session uses (learnt after binding).
+    strategy: Strategy,
+    list: privacy_list::State,
 }
 
 impl Policy {
     /// `domain`: the `to` of the client's stream header; `id_prefix`: per-session unique token.
+    /// A silent session (see [`Policy::with_strategy`]).
     pub fn new(domain: &str, id_prefix: &str) -> Policy {
+        Policy::with_strategy(domain, id_prefix, Strategy::Silent)
+    }
+
+    pub fn with_strategy(domain: &str, id_prefix: &str, strategy: Strategy) -> Policy {
         Policy {
             domain: domain.to_ascii_lowercase(),
             id_prefix: id_prefix.to_owned(),
@@ -166,6 +179,8 @@ impl Policy {
             probe: false,
             fan_out_pending: false,
             probe_pending: false,
+            strategy,
+            list: privacy_list::State::new(strategy),
         }
     }
 
@@ -302,6 +317,17 @@ impl Policy {
                 return Ok(());
             }
             (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),
+            (Some("set"), "query", privacy_list::NS_PRIVACY) => {
+                if let Some(condition) = privacy_list::client_privacy_set(self, payload) {
+                    tracing::info!("client privacy-list change refused while the proxy's list hides the session");
+                    out.push(Action::ToClient(Bytes::from(format!(
+                        "<iq type='error' id='{}'><error type='cancel'><{condition} \
+                         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+                        crate::xml::element::escape(&id)
+                    ))));
+                    return Ok(());
+                }
+            }
             (Some("get"), "query", NS_DISCO_INFO)
                 if payload.attr("node").is_none()
                     && tag.attr("to").is_some()
@@ -328,6 +354,7 @@ impl Policy {
     /// that only got directed presence (measured on Prosody and ejabberd: "ghost online").
     fn server_covers(&self, entity: &Jid) -> bool {
         self.server_broadcasting
+            && self.vis.may_see(&entity.to_bare())
             && self
                 .roster
                 .as_ref()
@@ -338,6 +365,15 @@ impl Policy {
     fn next_id(&self, what: &str) -> String {
         format!("{}-{what}", self.id_prefix)
     }
+}
+
+/// A copy of the stanza `raw` addressed to `to` (`raw` is the proxy's own or one the framer
+/// accepted, so this does not fail; if it did, the copy would be empty and say nothing).
+fn xml_with_to(raw: &Bytes, to: &str) -> Bytes {
+    crate::xml::element::set_start_tag_attr(raw, "to", to).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot address a stanza copy");
+        Bytes::new()
+    })
 }
 
 /// A JID as the server compares it: stringprep-normalised, without a trailing dot on the domain

@@ -18,7 +18,7 @@
 use bytes::Bytes;
 use jid::{BareJid, Jid};
 
-use super::{Action, MAX_SHOWN, Policy};
+use super::{Action, MAX_SHOWN, Policy, privacy_list};
 use crate::xml::element::{escape, set_start_tag_attr};
 
 /// A plain undirected `unavailable`; directed copies are made from it.
@@ -28,7 +28,9 @@ pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Ac
     p.available = true;
     // A copy: a slice of the read buffer would keep the whole buffer alive.
     p.last_presence = Some(Bytes::copy_from_slice(raw));
-    if p.vis.hides_anyone() {
+    if p.vis.hides_anyone() && p.uses_list() {
+        privacy_list::undirected_available(p, raw, out);
+    } else if p.vis.hides_anyone() {
         metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
         fan_out(p, out);
     } else {
@@ -55,7 +57,11 @@ pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut
         return;
     }
     p.shown.insert(to, true);
-    out.push(Action::ToServer(raw.clone()));
+    if p.uses_list() {
+        privacy_list::directed_available(p, raw, out);
+    } else {
+        out.push(Action::ToServer(raw.clone()));
+    }
 }
 
 /// A presence error to an entity: delivered. The server then forgets the directed presence it
@@ -75,7 +81,11 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &m
     } else {
         p.shown.remove(&to);
     }
-    out.push(Action::ToServer(raw.clone()));
+    if p.uses_list() {
+        privacy_list::directed_unavailable(p, raw, out);
+    } else {
+        out.push(Action::ToServer(raw.clone()));
+    }
 }
 
 /// The client's session ends (clean close, TCP drop, upstream close, proxy shutdown):
@@ -83,8 +93,10 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &m
 /// The pump sends these before it closes the upstream stream.
 impl Policy {
     pub fn session_end(&mut self, out: &mut Vec<Action>) {
+        privacy_list::session_end_first(self, out);
         let unavailable = UNAVAILABLE;
         tell_unavailable(self, &unavailable, |_| true, out);
+        privacy_list::session_end_last(self, out);
         self.available = false;
     }
 
@@ -94,6 +106,7 @@ impl Policy {
     /// Prosody and ejabberd). The roster contacts that only the proxy showed the resource to get
     /// `unavailable` now, and their presence back if the stream is resumed ([`Policy::resumed`]).
     pub fn detach(&mut self, out: &mut Vec<Action>) {
+        let ended = privacy_list::detach(self, out);
         let unavailable = UNAVAILABLE;
         let server_tracks = |p: &Policy, e: &Jid, recorded: bool| {
             p.server_covers(e)
@@ -113,11 +126,31 @@ impl Policy {
             self.shown.remove(entity);
         }
         self.detached = told;
+        if ended {
+            // The server's presence ended (see `privacy_list::detach`): it told the rest of the
+            // remembered recipients itself, and all of them see the resource again on resumption.
+            let rest: Vec<Jid> = self
+                .shown
+                .keys()
+                .filter(|e| !self.server_covers(e))
+                .cloned()
+                .collect();
+            for entity in rest {
+                self.shown.remove(&entity);
+                self.detached.push(entity);
+            }
+            self.server_broadcasting = false;
+        }
     }
 
     /// The stream was resumed: the entities told `unavailable` at the drop see the resource
     /// again (the current presence; what else a directed presence carried is not kept).
     pub fn resumed(&mut self, out: &mut Vec<Action>) {
+        if self.uses_list() {
+            let detached = std::mem::take(&mut self.detached);
+            privacy_list::resumed(self, detached, out);
+            return;
+        }
         let current = self.current_presence();
         for entity in std::mem::take(&mut self.detached) {
             show_to(self, &current, entity, out);

@@ -18,7 +18,7 @@
 
 use jid::{BareJid, Jid};
 
-use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, xep0186};
+use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, privacy_list, xep0186};
 
 fn count(command: &'static str) {
     metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0018", "command" => command)
@@ -27,6 +27,18 @@ fn count(command: &'static str) {
 
 pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
     count("invisible");
+    if p.uses_list() {
+        p.invisible_since.get_or_insert(now);
+        let initial = !p.available;
+        if initial {
+            p.available = true;
+            p.last_presence = None;
+        }
+        // The server would probe at an initial presence, but the list blocks its probes
+        // (Prosody): the proxy probes first.
+        privacy_list::hide_from_everyone(p, initial, initial, out);
+        return;
+    }
     xep0186::hide_from_everyone(p, out);
     p.vis.set(Mode::Invisible);
     p.invisible_since.get_or_insert(now);
@@ -42,6 +54,10 @@ pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
     p.vis.set(Mode::Visible);
     p.invisible_since = None;
     p.fan_out_pending = false;
+    if p.uses_list() {
+        privacy_list::show_to_everyone(p, Vec::new(), out);
+        return;
+    }
     presence::resume_server_broadcast(p, out);
 }
 
@@ -54,7 +70,9 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
         presence::refuse_note(&contact, "resource-constraint", out);
         return;
     }
-    if p.server_broadcasting {
+    if p.uses_list() {
+        privacy_list::invisible_to(p, contact, out);
+    } else if p.server_broadcasting {
         presence::stop_server_broadcast(p, out);
         p.vis.set_for(contact, Mode::Invisible);
         presence::fan_out(p, out);
@@ -73,6 +91,10 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
     if !exception_fits(p, &contact) {
         // Not showing is the safe side of a request that cannot be recorded.
         presence::refuse_note(&contact, "resource-constraint", out);
+        return;
+    }
+    if p.uses_list() {
+        privacy_list::visible_to(p, contact, out);
         return;
     }
     p.vis.set_for(contact.clone(), Mode::Visible);

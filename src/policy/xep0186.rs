@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::{Action, Mode, Policy, presence};
+use super::{Action, Mode, Policy, presence, privacy_list};
 use crate::xml::Element;
 use crate::xml::element::escape;
 
@@ -40,28 +40,36 @@ pub(super) fn command(
     } else {
         metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0186", "command" => "visible")
             .increment(1);
-        go_visible(p);
+        go_visible(p, out);
     }
     out.push(Action::ToClient(result_reply(id, from)));
 }
 
 pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<Action>) {
-    hide_from_everyone(p, out);
-    p.vis.set(Mode::Invisible);
     p.invisible_since.get_or_insert(now);
     p.probe = probe;
     p.probe_pending = false;
+    if p.uses_list() {
+        privacy_list::hide_from_everyone(p, probe, false, out);
+        return;
+    }
+    hide_from_everyone(p, out);
+    p.vis.set(Mode::Invisible);
     if probe {
         probe_contacts(p, out);
     }
 }
 
-fn go_visible(p: &mut Policy) {
-    p.vis.set(Mode::Visible);
+fn go_visible(p: &mut Policy, out: &mut Vec<Action>) {
     p.invisible_since = None;
     p.probe = false;
     p.probe_pending = false;
     p.fan_out_pending = false;
+    if p.uses_list() {
+        privacy_list::visible_fresh_start(p, out);
+        return;
+    }
+    p.vis.set(Mode::Visible);
     if !p.server_broadcasting {
         // "As if it had just started and not yet sent initial presence."
         p.available = false;
