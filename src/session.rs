@@ -917,11 +917,18 @@ where
                 ));
             }
         }
-        let hidden = self.policy.is_hidden().then(|| self.policy.strategy_in_use());
+        let hidden = self
+            .policy
+            .is_hidden()
+            .then(|| self.policy.strategy_in_use());
         if hidden != self.hidden {
             set_hidden_gauges(self.hidden, hidden);
             self.hidden = hidden;
-            tracing::info!(hidden = hidden.is_some(), strategy = hidden, "visibility changed");
+            tracing::info!(
+                hidden = hidden.is_some(),
+                strategy = hidden,
+                "visibility changed"
+            );
         }
         if !self.jid_known
             && let Some(jid) = self.policy.jid()

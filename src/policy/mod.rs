@@ -319,7 +319,9 @@ impl Policy {
             (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),
             (Some("set"), "query", privacy_list::NS_PRIVACY) => {
                 if let Some(condition) = privacy_list::client_privacy_set(self, payload) {
-                    tracing::info!("client privacy-list change refused while the proxy's list hides the session");
+                    tracing::info!(
+                        "client privacy-list change refused while the proxy's list hides the session"
+                    );
                     out.push(Action::ToClient(Bytes::from(format!(
                         "<iq type='error' id='{}'><error type='cancel'><{condition} \
                          xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
@@ -399,3 +401,6 @@ pub fn normalize(jid: &str) -> Option<Jid> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_privacy_list;

@@ -194,12 +194,10 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
         if asked != id {
             return false;
         }
-        let has = iq
-            .child("query", super::NS_DISCO_INFO)
-            .is_some_and(|q| {
-                q.elements()
-                    .any(|f| f.name == "feature" && f.attr("var") == Some(NS_PRIVACY))
-            });
+        let has = iq.child("query", super::NS_DISCO_INFO).is_some_and(|q| {
+            q.elements()
+                .any(|f| f.name == "feature" && f.attr("var") == Some(NS_PRIVACY))
+        });
         if ok && has {
             start(p, out);
         } else {
@@ -341,10 +339,7 @@ pub(super) fn sync(p: &mut Policy, before: Vec<Action>, after: Vec<Then>, out: &
                 list.items = Some(items);
             }
             if !list.active {
-                iqs.push(format!(
-                    "<active name='{}'/>",
-                    escape(&list.name)
-                ));
+                iqs.push(format!("<active name='{}'/>", escape(&list.name)));
                 list.active = true;
             }
         }
@@ -477,7 +472,12 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<Ac
 /// presence ends with `unavailable` (everyone who saw the resource is told, and the server
 /// answers probes as offline from here on); contacts are probed while nothing is active yet
 /// (Prosody's list would block the probes); then the list, and only then the presence again.
-pub(super) fn hide_from_everyone(p: &mut Policy, probe: bool, initial: bool, out: &mut Vec<Action>) {
+pub(super) fn hide_from_everyone(
+    p: &mut Policy,
+    probe: bool,
+    initial: bool,
+    out: &mut Vec<Action>,
+) {
     let mut before = Vec::new();
     super::xep0186::hide_from_everyone(p, &mut before);
     p.vis.set(Mode::Invisible);
@@ -526,9 +526,10 @@ pub(super) fn invisible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<
     let mut before = Vec::new();
     let as_jid = Jid::from(contact.clone());
     if p.vis.may_see(&contact) && p.server_covers(&as_jid) {
-        before.push(Action::ToServer(
-            super::xml_with_to(&presence::UNAVAILABLE, contact.as_str()),
-        ));
+        before.push(Action::ToServer(super::xml_with_to(
+            &presence::UNAVAILABLE,
+            contact.as_str(),
+        )));
     }
     let unavailable = presence::UNAVAILABLE;
     presence::tell_unavailable(p, &unavailable, |e| e.to_bare() == contact, &mut before);
@@ -553,10 +554,16 @@ pub(super) fn visible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<Ac
     if p.available && !already_sees {
         let current = p.current_presence();
         if p.server_broadcasting && p.server_covers(&as_jid) {
-            after.push(Then::Directed(super::xml_with_to(&current, contact.as_str())));
+            after.push(Then::Directed(super::xml_with_to(
+                &current,
+                contact.as_str(),
+            )));
         } else if p.shown.len() < super::MAX_SHOWN {
             p.shown.insert(as_jid, true);
-            after.push(Then::Directed(super::xml_with_to(&current, contact.as_str())));
+            after.push(Then::Directed(super::xml_with_to(
+                &current,
+                contact.as_str(),
+            )));
         }
     }
     sync(p, Vec::new(), after, out);
@@ -620,7 +627,10 @@ pub(super) fn resumed(p: &mut Policy, detached: Vec<Jid>, out: &mut Vec<Action>)
     }
     for entity in detached {
         if p.shown.len() < super::MAX_SHOWN {
-            after.push(Then::Directed(super::xml_with_to(&current, entity.as_str())));
+            after.push(Then::Directed(super::xml_with_to(
+                &current,
+                entity.as_str(),
+            )));
             p.shown.insert(entity, true);
         }
     }

@@ -1,0 +1,634 @@
+//! Unit tests of the privacy-list strategy against a model server that applies XEP-0016 lists
+//! the way Prosody's mod_privacy_lists does (first matching item wins; `presence-out` covers
+//! every presence the session sends or the server sends for it, broadcasts included), answers
+//! the proxy's IQs, and records what each contact receives.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use super::privacy_list::{NS_BLOCKING, NS_PRIVACY};
+use super::roster::NS_ROSTER;
+use super::*;
+use crate::xml::{Element, ElementKind, StartTag};
+
+const ME: &str = "joe@foo.com";
+const CONTACTS: [&str; 3] = ["stpeter@foo.com", "pgmillard@foo.com", "rynok@foo.com"];
+
+#[derive(Debug, Clone)]
+struct ListItem {
+    value: Option<String>,
+    allow: bool,
+    /// Only `presence-out` (else: everything).
+    presence_out: bool,
+}
+
+/// The server behind the proxy, as far as presence and privacy lists go.
+#[derive(Default)]
+struct ModelServer {
+    subscribers: BTreeSet<String>,
+    lists: BTreeMap<String, Vec<ListItem>>,
+    active: Option<String>,
+    /// The server holds the resource as available.
+    available: bool,
+    /// Every presence delivered to an entity: (to, type).
+    delivered: Vec<(String, Option<String>)>,
+    /// Refuse every privacy IQ (a server without lists).
+    refuse_privacy: bool,
+    advertise_privacy: bool,
+    blocklist: Vec<String>,
+}
+
+impl ModelServer {
+    fn allowed(&self, to: &str) -> bool {
+        let Some(items) = self.active.as_ref().and_then(|n| self.lists.get(n)) else {
+            return true;
+        };
+        let to_bare = to.split('/').next().unwrap_or(to);
+        for item in items {
+            let matches = match &item.value {
+                None => true,
+                Some(v) => v == to || v == to_bare,
+            };
+            if matches {
+                return item.allow;
+            }
+        }
+        true
+    }
+
+    fn deliver(&mut self, to: &str, ty: Option<&str>) {
+        if self.allowed(to) {
+            self.delivered.push((to.to_owned(), ty.map(str::to_owned)));
+        }
+    }
+
+    /// A stanza from the proxy; returns the server's answers to it.
+    fn receive(&mut self, raw: &Bytes) -> Vec<String> {
+        let tag = StartTag::parse(raw).expect("well-formed");
+        let to = tag.attr("to").map(str::to_owned);
+        let ty = tag.attr("type").map(str::to_owned);
+        match (tag.name.as_str(), to, ty.as_deref()) {
+            ("presence", None, None) => {
+                self.available = true;
+                for s in self.subscribers.clone() {
+                    self.deliver(&s, None);
+                }
+                vec![]
+            }
+            ("presence", None, Some("unavailable")) => {
+                if self.available {
+                    for s in self.subscribers.clone() {
+                        self.deliver(&s, Some("unavailable"));
+                    }
+                }
+                self.available = false;
+                vec![]
+            }
+            ("presence", Some(to), ty @ (None | Some("unavailable"))) => {
+                self.deliver(&to, ty);
+                vec![]
+            }
+            ("presence", _, _) => vec![],
+            ("iq", _, _) => self.iq(raw),
+            _ => vec![],
+        }
+    }
+
+    fn iq(&mut self, raw: &Bytes) -> Vec<String> {
+        let iq = Element::parse(raw, NS_CLIENT, &[]).expect("parsable");
+        let id = iq.attr("id").unwrap_or("").to_owned();
+        let result = format!("<iq type='result' id='{id}' from='{ME}'/>");
+        let error = format!(
+            "<iq type='error' id='{id}' from='{ME}'><error type='cancel'>\
+             <feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        );
+        if let Some(q) = iq.child("query", NS_DISCO_INFO) {
+            let _ = q;
+            let feature = if self.advertise_privacy {
+                format!("<feature var='{NS_PRIVACY}'/>")
+            } else {
+                String::new()
+            };
+            return vec![format!(
+                "<iq type='result' id='{id}' from='foo.com'><query xmlns='{NS_DISCO_INFO}'>{feature}</query></iq>"
+            )];
+        }
+        if iq.child("blocklist", NS_BLOCKING).is_some() {
+            let items: String = self
+                .blocklist
+                .iter()
+                .map(|j| format!("<item jid='{j}'/>"))
+                .collect();
+            return vec![format!(
+                "<iq type='result' id='{id}'><blocklist xmlns='{NS_BLOCKING}'>{items}</blocklist></iq>"
+            )];
+        }
+        let Some(q) = iq.child("query", NS_PRIVACY) else {
+            return vec![];
+        };
+        if self.refuse_privacy {
+            return vec![error];
+        }
+        for e in q.elements() {
+            match e.name.as_str() {
+                "active" => match e.attr("name") {
+                    None => self.active = None,
+                    Some(n) if self.lists.contains_key(n) => self.active = Some(n.to_owned()),
+                    Some(_) => return vec![error],
+                },
+                "list" => {
+                    let name = e.attr("name").unwrap_or("").to_owned();
+                    let mut items: Vec<(u32, ListItem)> = e
+                        .elements()
+                        .map(|i| {
+                            let order = i.attr("order").and_then(|o| o.parse().ok()).unwrap_or(0);
+                            (
+                                order,
+                                ListItem {
+                                    value: i.attr("value").map(str::to_owned),
+                                    allow: i.attr("action") == Some("allow"),
+                                    presence_out: i.elements().any(|c| c.name == "presence-out"),
+                                },
+                            )
+                        })
+                        .collect();
+                    items.sort_by_key(|(o, _)| *o);
+                    if items.is_empty() {
+                        if self.active.as_deref() == Some(&name) {
+                            self.active = None;
+                        }
+                        self.lists.remove(&name);
+                    } else {
+                        assert!(
+                            items.iter().all(|(_, i)| i.presence_out || !i.allow),
+                            "the proxy's items are presence-out items or blocks"
+                        );
+                        self.lists
+                            .insert(name, items.into_iter().map(|(_, i)| i).collect());
+                    }
+                }
+                _ => {}
+            }
+        }
+        vec![result]
+    }
+
+    /// The newest presence `contact` received (None: nothing).
+    fn last(&self, contact: &str) -> Option<Option<String>> {
+        self.delivered
+            .iter()
+            .rev()
+            .find(|(to, _)| to.split('/').next() == Some(contact))
+            .map(|(_, ty)| ty.clone())
+    }
+
+    fn saw_available(&self, contact: &str, since: usize) -> bool {
+        self.delivered[since..]
+            .iter()
+            .any(|(to, ty)| to.split('/').next() == Some(contact) && ty.is_none())
+    }
+
+    fn received_anything(&self, contact: &str, since: usize) -> bool {
+        self.delivered[since..]
+            .iter()
+            .any(|(to, _)| to.split('/').next() == Some(contact))
+    }
+}
+
+/// The proxy's policy wired to the model server: what goes to the server is applied at once,
+/// and its answers go back through the policy.
+struct Scene {
+    p: Policy,
+    s: ModelServer,
+    /// Everything the client received.
+    to_client: Vec<Bytes>,
+    /// Client stanzas that wait while the policy awaits the server (as the pump holds them).
+    held: Vec<String>,
+}
+
+fn kind_of(xml: &str) -> ElementKind {
+    match StartTag::parse(xml.as_bytes())
+        .expect("test stanza")
+        .name
+        .as_str()
+    {
+        "presence" => ElementKind::Presence,
+        "iq" => ElementKind::Iq,
+        "message" => ElementKind::Message,
+        _ => ElementKind::Other,
+    }
+}
+
+impl Scene {
+    fn new(strategy: Strategy, server: ModelServer) -> Scene {
+        let mut sc = Scene {
+            p: Policy::with_strategy("foo.com", "veiltest", strategy),
+            s: server,
+            to_client: Vec::new(),
+            held: Vec::new(),
+        };
+        sc.client(
+            "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>r</resource></bind></iq>",
+        );
+        sc.server(
+            "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <jid>joe@foo.com/r</jid></bind></iq>",
+        );
+        sc
+    }
+
+    /// A model server with the three contacts subscribed both ways, privacy lists advertised.
+    fn standard() -> Scene {
+        let mut s = ModelServer {
+            advertise_privacy: true,
+            ..Default::default()
+        };
+        s.subscribers = CONTACTS.iter().map(|c| c.to_string()).collect();
+        Scene::new(Strategy::Auto, s)
+    }
+
+    fn run(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::ToClient(b) => self.to_client.push(b),
+                Action::ToServer(b) => {
+                    for answer in self.s.receive(&b) {
+                        self.server(&answer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn client(&mut self, xml: &str) {
+        if self.p.awaits_server() {
+            self.held.push(xml.to_owned());
+            return;
+        }
+        let mut out = Vec::new();
+        self.p
+            .from_client(&Bytes::from(xml.to_owned()), kind_of(xml), 1_000, &mut out)
+            .expect("no violation");
+        self.run(out);
+        self.release();
+    }
+
+    fn server(&mut self, xml: &str) {
+        let mut out = Vec::new();
+        self.p
+            .from_server(&Bytes::from(xml.to_owned()), kind_of(xml), &mut out)
+            .expect("no violation");
+        // The proxy's roster query gets the model's roster.
+        let mut rest = Vec::new();
+        for a in out {
+            if let Action::ToServer(b) = &a
+                && let Ok(iq) = Element::parse(b, NS_CLIENT, &[])
+                && iq.child("query", NS_ROSTER).is_some()
+                && iq.attr("type") == Some("get")
+            {
+                let items: String = self
+                    .s
+                    .subscribers
+                    .iter()
+                    .map(|c| format!("<item jid='{c}' subscription='both'/>"))
+                    .collect();
+                let answer = format!(
+                    "<iq type='result' id='{}'><query xmlns='{NS_ROSTER}'>{items}</query></iq>",
+                    iq.attr("id").unwrap_or("")
+                );
+                rest.push(a);
+                self.run(rest.split_off(0));
+                self.server(&answer);
+                continue;
+            }
+            rest.push(a);
+        }
+        self.run(rest);
+    }
+
+    /// The pump hands the held client stanzas over once the policy no longer waits.
+    fn release(&mut self) {
+        while !self.p.awaits_server() && !self.held.is_empty() {
+            let next = self.held.remove(0);
+            self.client(&next);
+        }
+    }
+
+    fn end(&mut self) {
+        let mut out = Vec::new();
+        self.p.session_end(&mut out);
+        self.run(out);
+    }
+
+    fn mark(&self) -> usize {
+        self.s.delivered.len()
+    }
+}
+
+const INVISIBLE: &str = "<iq type='set' id='inv1'><invisible xmlns='urn:xmpp:invisible:1'/></iq>";
+const INVISIBLE_PROBE: &str =
+    "<iq type='set' id='inv1'><invisible xmlns='urn:xmpp:invisible:1' probe='true'/></iq>";
+const VISIBLE: &str = "<iq type='set' id='vis1'><visible xmlns='urn:xmpp:invisible:1'/></iq>";
+
+#[test]
+fn auto_chooses_the_list_where_the_server_has_one_and_silent_where_not() {
+    let sc = Scene::standard();
+    assert_eq!(sc.p.strategy_in_use(), "privacy_list");
+    assert!(!sc.p.awaits_server());
+    let mut s = ModelServer::default();
+    s.subscribers.insert(CONTACTS[0].into());
+    let sc = Scene::new(Strategy::Auto, s);
+    assert_eq!(sc.p.strategy_in_use(), "silent");
+    let sc = Scene::new(
+        Strategy::Silent,
+        ModelServer {
+            advertise_privacy: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(sc.p.strategy_in_use(), "silent");
+}
+
+#[test]
+fn the_clients_stanzas_wait_for_the_servers_answer() {
+    let mut p = Policy::with_strategy("foo.com", "veiltest", Strategy::Auto);
+    let mut out = Vec::new();
+    p.from_client(
+        &Bytes::from_static(
+            b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        ),
+        ElementKind::Iq,
+        1,
+        &mut out,
+    )
+    .unwrap();
+    out.clear();
+    p.from_server(
+        &Bytes::from_static(
+            b"<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+              <jid>joe@foo.com/r</jid></bind></iq>",
+        ),
+        ElementKind::Iq,
+        &mut out,
+    )
+    .unwrap();
+    assert!(p.awaits_server(), "auto asks the server first");
+    let disco = out
+        .iter()
+        .find_map(|a| match a {
+            Action::ToServer(b) if b.windows(8).any(|w| w == b"disco#in") => Some(b.clone()),
+            _ => None,
+        })
+        .expect("a disco#info query");
+    let id = StartTag::parse(&disco)
+        .unwrap()
+        .attr("id")
+        .unwrap()
+        .to_owned();
+    let mut out = Vec::new();
+    p.from_server(
+        &Bytes::from(format!(
+            "<iq type='result' id='{id}' from='foo.com'><query xmlns='{NS_DISCO_INFO}'>\
+             <feature var='{NS_PRIVACY}'/></query></iq>"
+        )),
+        ElementKind::Iq,
+        &mut out,
+    )
+    .unwrap();
+    assert!(
+        out.iter().all(|a| matches!(a, Action::ToServer(_))),
+        "the answer is consumed"
+    );
+    assert!(p.awaits_server(), "then the blocklist");
+}
+
+#[test]
+fn invisible_from_the_start_is_available_to_the_server_and_seen_by_nobody() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE_PROBE);
+    sc.client("<presence><show>away</show></presence>");
+    assert!(sc.s.available, "the server holds the session available");
+    assert!(sc.s.active.is_some(), "under the session's list");
+    for c in CONTACTS {
+        assert!(!sc.s.received_anything(c, 0), "{c}: {:?}", sc.s.delivered);
+    }
+    sc.client("<presence><show>dnd</show></presence>");
+    sc.end();
+    for c in CONTACTS {
+        assert!(!sc.s.received_anything(c, 0), "{c}: {:?}", sc.s.delivered);
+    }
+    assert!(
+        sc.s.lists.is_empty() && sc.s.active.is_none(),
+        "the list is gone at the end"
+    );
+    assert!(
+        !sc.s.available,
+        "and the presence ended while the list filtered it"
+    );
+}
+
+#[test]
+fn going_invisible_mid_session_tells_everyone_then_shows_nothing() {
+    let mut sc = Scene::standard();
+    sc.client("<presence/>");
+    for c in CONTACTS {
+        assert_eq!(sc.s.last(c), Some(None), "{c} sees joe");
+    }
+    let m = sc.mark();
+    sc.client(INVISIBLE);
+    for c in CONTACTS {
+        assert_eq!(sc.s.last(c), Some(Some("unavailable".into())), "{c}");
+        assert!(!sc.s.saw_available(c, m), "{c}: {:?}", &sc.s.delivered[m..]);
+    }
+    assert!(sc.s.available, "available again, under the list");
+    sc.client("<presence><show>xa</show></presence>");
+    for c in CONTACTS {
+        assert!(!sc.s.saw_available(c, m), "{c}");
+    }
+}
+
+#[test]
+fn directed_presence_while_invisible_gets_an_allow_item_first() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    sc.client("<presence/>");
+    let m = sc.mark();
+    sc.client("<presence to='room@muc.foo.com/joe'/>");
+    assert_eq!(
+        sc.s.last("room@muc.foo.com"),
+        Some(None),
+        "{:?}",
+        sc.s.delivered
+    );
+    sc.client("<presence to='stpeter@foo.com/home'/>");
+    assert!(sc.s.saw_available("stpeter@foo.com", m));
+    // A status change is still not broadcast to stpeter (only his resource got the directed one).
+    let m2 = sc.mark();
+    sc.client("<presence><show>away</show></presence>");
+    assert!(!sc.s.received_anything("pgmillard@foo.com", m2));
+    assert!(
+        !sc.s.delivered[m2..]
+            .iter()
+            .any(|(to, _)| to == "stpeter@foo.com")
+    );
+    // Rule 5: undirected unavailable reaches exactly the recipients.
+    let m3 = sc.mark();
+    sc.client("<presence type='unavailable'/>");
+    assert_eq!(
+        sc.s.last("room@muc.foo.com"),
+        Some(Some("unavailable".into()))
+    );
+    assert_eq!(
+        sc.s.last("stpeter@foo.com"),
+        Some(Some("unavailable".into()))
+    );
+    assert!(!sc.s.received_anything("rynok@foo.com", m3));
+}
+
+#[test]
+fn visible_to_all_but_one_makes_no_flicker() {
+    let mut sc = Scene::standard();
+    sc.client("<presence/>");
+    let m = sc.mark();
+    sc.client("<presence to='pgmillard@foo.com' type='invisible'/>");
+    assert_eq!(
+        sc.s.last("pgmillard@foo.com"),
+        Some(Some("unavailable".into()))
+    );
+    for c in ["stpeter@foo.com", "rynok@foo.com"] {
+        assert!(
+            !sc.s.received_anything(c, m),
+            "{c} sees no change: {:?}",
+            &sc.s.delivered[m..]
+        );
+    }
+    let m = sc.mark();
+    sc.client("<presence><show>chat</show></presence>");
+    assert!(!sc.s.received_anything("pgmillard@foo.com", m));
+    assert!(sc.s.saw_available("stpeter@foo.com", m));
+    assert!(sc.s.saw_available("rynok@foo.com", m));
+    // Visible to pgmillard again: he gets the current presence.
+    let m = sc.mark();
+    sc.client("<presence to='pgmillard@foo.com' type='visible'/>");
+    assert!(sc.s.saw_available("pgmillard@foo.com", m));
+    assert!(sc.s.active.is_none(), "nobody hidden: no list in force");
+}
+
+#[test]
+fn xep0018_invisible_as_initial_presence_then_visible() {
+    let mut sc = Scene::standard();
+    sc.client("<presence type='invisible'/>");
+    assert!(sc.s.available);
+    for c in CONTACTS {
+        assert!(!sc.s.received_anything(c, 0), "{c}");
+    }
+    sc.client("<presence type='visible'/>");
+    for c in CONTACTS {
+        assert_eq!(sc.s.last(c), Some(None), "{c} sees joe now");
+    }
+}
+
+#[test]
+fn visible_command_is_a_fresh_start_without_telling_anyone() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    sc.client("<presence/>");
+    sc.client(VISIBLE);
+    assert!(!sc.s.available, "as if no initial presence");
+    assert!(sc.s.active.is_none());
+    for c in CONTACTS {
+        assert!(!sc.s.received_anything(c, 0), "{c}: {:?}", sc.s.delivered);
+    }
+    sc.client("<presence/>");
+    for c in CONTACTS {
+        assert_eq!(sc.s.last(c), Some(None), "{c}");
+    }
+}
+
+#[test]
+fn a_refused_list_falls_back_to_silent_and_shows_nothing() {
+    let mut s = ModelServer {
+        advertise_privacy: true,
+        refuse_privacy: true,
+        ..Default::default()
+    };
+    s.subscribers = CONTACTS.iter().map(|c| c.to_string()).collect();
+    let mut sc = Scene::new(Strategy::Auto, s);
+    sc.client("<presence/>");
+    let m = sc.mark();
+    sc.client(INVISIBLE);
+    assert_eq!(sc.p.strategy_in_use(), "silent");
+    sc.client("<presence><show>away</show></presence>");
+    for c in CONTACTS {
+        assert!(!sc.s.saw_available(c, m), "{c}: {:?}", &sc.s.delivered[m..]);
+        assert_eq!(sc.s.last(c), Some(Some("unavailable".into())), "{c}");
+    }
+    assert!(!sc.s.available, "silent: the server holds no presence");
+}
+
+#[test]
+fn blocks_are_copied_into_the_list_and_follow_pushes() {
+    let mut s = ModelServer {
+        advertise_privacy: true,
+        blocklist: vec!["spam@bad.org".into()],
+        ..Default::default()
+    };
+    s.subscribers = CONTACTS.iter().map(|c| c.to_string()).collect();
+    let mut sc = Scene::new(Strategy::Auto, s);
+    sc.client(INVISIBLE);
+    let list = sc.s.lists.values().next().expect("a list").clone();
+    assert_eq!(list[0].value.as_deref(), Some("spam@bad.org"));
+    assert!(
+        !list[0].allow && !list[0].presence_out,
+        "a block denies everything"
+    );
+    sc.server(&format!(
+        "<iq type='set' id='push1'><block xmlns='{NS_BLOCKING}'><item jid='troll@bad.org'/></block></iq>"
+    ));
+    let list = sc.s.lists.values().next().expect("a list").clone();
+    assert!(
+        list.iter()
+            .any(|i| i.value.as_deref() == Some("troll@bad.org") && !i.allow)
+    );
+    assert!(
+        sc.to_client
+            .iter()
+            .any(|b| b.windows(7).any(|w| w == b"push1'>")),
+        "the push still reaches the client"
+    );
+}
+
+#[test]
+fn the_client_cannot_switch_the_proxys_list_off_while_hidden() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    let n = sc.to_client.len();
+    sc.client(&format!(
+        "<iq type='set' id='c1'><query xmlns='{NS_PRIVACY}'><active name='mine'/></query></iq>"
+    ));
+    let reply = String::from_utf8_lossy(&sc.to_client[n]).into_owned();
+    assert!(
+        reply.contains("type='error'") && reply.contains("not-allowed"),
+        "{reply}"
+    );
+    assert!(
+        sc.s.active
+            .as_deref()
+            .is_some_and(|a| a.starts_with("xmpp-veil-"))
+    );
+}
+
+#[test]
+fn server_answers_to_the_proxys_iqs_never_reach_the_client() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    sc.client("<presence/>");
+    sc.client("<presence to='pgmillard@foo.com' type='visible'/>");
+    sc.end();
+    for b in &sc.to_client {
+        let text = String::from_utf8_lossy(b);
+        assert!(!text.contains("veiltest-pl"), "{text}");
+    }
+}
