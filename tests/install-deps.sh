@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need: Prosody and ejabberd (Debian packages), without letting
-# the packages start system services on the machine's public ports.
+# Installs what the end-to-end tests need: Prosody (with prosody-modules) and ejabberd (Debian
+# packages), without letting the packages start system services on the machine's public ports.
 set -euo pipefail
 missing=()
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ejabberdctl >/dev/null 2>&1 || missing+=(ejabberd)
+# mod_privacy_lists (the privacy-list strategy on Prosody) comes from prosody-modules.
+[ -f /usr/lib/prosody/modules/mod_privacy_lists/mod_privacy_lists.lua ] || missing+=(prosody-modules)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -63,6 +63,22 @@ impl ServerOpts {
     }
 }
 
+/// What the server runs besides the basics: what operators run (offline storage, carbons, MAM,
+/// blocking, stream management), with or without privacy lists (XEP-0016) on Prosody (ejabberd
+/// always has `mod_privacy`, as in its default configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    pub privacy_lists: bool,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            privacy_lists: true,
+        }
+    }
+}
+
 pub struct Server {
     pub kind: Kind,
     /// Always `"localhost"`.
@@ -165,6 +181,10 @@ impl Server {
     /// Writes the config, registers `opts.users`, starts the server in the
     /// foreground and waits until both c2s ports accept connections.
     pub fn start(opts: ServerOpts) -> Server {
+        Server::start_with(opts, Profile::default())
+    }
+
+    pub fn start_with(opts: ServerOpts, profile: Profile) -> Server {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix(&format!("veil-{}-", opts.kind.name()))
@@ -185,7 +205,7 @@ impl Server {
         };
         match opts.kind {
             Kind::Prosody => {
-                server.write_prosody_config();
+                server.write_prosody_config(profile);
                 for (u, p) in &opts.users {
                     server.register(u, p);
                 }
@@ -353,7 +373,7 @@ impl Server {
         }
     }
 
-    fn write_prosody_config(&mut self) {
+    fn write_prosody_config(&mut self, profile: Profile) {
         let d = self.dir().to_path_buf();
         let (_, _, cert, key) = cert_paths();
         std::fs::create_dir_all(d.join("data")).expect("mkdir data");
@@ -378,7 +398,9 @@ s2s_direct_tls_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
 component_ports = {{ }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "lastactivity"; "smacks"; "posix" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "lastactivity"; "smacks"; "posix";
+    "offline"; "carbons"; "mam"; "blocklist";{privacy} }}
+-- mod_privacy_lists comes from prosody-modules (Debian: /usr/lib/prosody/modules).
 -- Short, so that tests can watch a hibernated session time out (the default is 600 s).
 smacks_hibernation_time = {hibernation}
 modules_disabled = {{ "s2s" }}
@@ -398,6 +420,11 @@ VirtualHost "localhost"
             c2s = self.c2s_port,
             direct = self.direct_tls_port,
             hibernation = HIBERNATION_SECS,
+            privacy = if profile.privacy_lists {
+                r#" "privacy_lists";"#
+            } else {
+                ""
+            },
             req = self.require_tls,
             plain = !self.require_tls,
             log = p(&d.join("prosody.log")),
@@ -519,6 +546,9 @@ modules:
     resume_timeout: {hibernation}
   mod_offline: {{}}
   mod_privacy: {{}}
+  mod_blocking: {{}}
+  mod_carboncopy: {{}}
+  mod_mam: {{}}
   mod_caps: {{}}
   mod_ping: {{}}
 "#,

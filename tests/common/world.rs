@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::client::{Client, Opts, befriend};
 use super::proxy::{self, TestProxy};
-use super::servers::{Kind, Server, ServerOpts};
+use super::servers::{Kind, Profile, Server, ServerOpts};
 
 pub const CONTACTS: [&str; 3] = ["stpeter", "pgmillard", "rynok"];
 const USERS: [&str; 6] = ["joe", "stpeter", "pgmillard", "rynok", "stranger", "bob"];
@@ -19,20 +19,63 @@ pub fn pw(user: &str) -> String {
 pub struct World {
     pub server: Server,
     pub proxy: TestProxy,
+    pub setup: Setup,
 }
 
+/// A server and the proxy's invisibility strategy on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub kind: Kind,
+    /// The proxy hides through a privacy list (else: the silent session).
+    pub list: bool,
+}
+
+impl Setup {
+    /// Prosody without mod_privacy_lists: `auto` finds no privacy lists and stays silent.
+    pub const PROSODY_SILENT: Setup = Setup {
+        kind: Kind::Prosody,
+        list: false,
+    };
+    /// Prosody with mod_privacy_lists: `auto` uses a privacy list.
+    pub const PROSODY_LIST: Setup = Setup {
+        kind: Kind::Prosody,
+        list: true,
+    };
+    /// ejabberd's defaults (mod_privacy): `auto` uses a privacy list.
+    pub const EJABBERD_LIST: Setup = Setup {
+        kind: Kind::Ejabberd,
+        list: true,
+    };
+    /// ejabberd with `--invisibility-strategy silent`.
+    pub const EJABBERD_SILENT: Setup = Setup {
+        kind: Kind::Ejabberd,
+        list: false,
+    };
+}
+
+/// The scene on `kind` with its privacy lists, and the proxy's default strategy (`auto`).
 pub async fn world(kind: Kind) -> World {
+    world_with(Setup { kind, list: true }).await
+}
+
+pub async fn world_with(setup: Setup) -> World {
+    let kind = setup.kind;
     let passwords: Vec<String> = USERS.iter().map(|u| pw(u)).collect();
     let users: Vec<(&str, &str)> = USERS
         .iter()
         .copied()
         .zip(passwords.iter().map(String::as_str))
         .collect();
-    let server = Server::start(ServerOpts {
-        kind,
-        users: vec![],
-        require_tls: false,
-    });
+    let server = Server::start_with(
+        ServerOpts {
+            kind,
+            users: vec![],
+            require_tls: false,
+        },
+        Profile {
+            privacy_lists: setup.list,
+        },
+    );
     server.register_many(&users);
     for c in CONTACTS {
         befriend(
@@ -44,8 +87,18 @@ pub async fn world(kind: Kind) -> World {
         )
         .await;
     }
-    let proxy = proxy::start(server.c2s_addr(), "plain", &[]).await;
-    World { server, proxy }
+    // Prosody without privacy lists gets there through `auto`; ejabberd always has them.
+    let extra: &[&str] = if !setup.list && kind == Kind::Ejabberd {
+        &["--invisibility-strategy", "silent"]
+    } else {
+        &[]
+    };
+    let proxy = proxy::start(server.c2s_addr(), "plain", extra).await;
+    World {
+        server,
+        proxy,
+        setup,
+    }
 }
 
 impl World {
@@ -96,6 +149,27 @@ macro_rules! both_servers {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::Ejabberd).await;
+                }
+            )*
+        }
+    };
+}
+
+/// One test per server and strategy for each named `async fn(Setup)` of the calling file.
+#[macro_export]
+macro_rules! every_setup {
+    ($($name:ident),* $(,)?) => {
+        $crate::every_setup!(@one prosody_silent, PROSODY_SILENT, $($name),*);
+        $crate::every_setup!(@one prosody_list, PROSODY_LIST, $($name),*);
+        $crate::every_setup!(@one ejabberd_list, EJABBERD_LIST, $($name),*);
+        $crate::every_setup!(@one ejabberd_silent, EJABBERD_SILENT, $($name),*);
+    };
+    (@one $module:ident, $setup:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::world::Setup::$setup).await;
                 }
             )*
         }
