@@ -219,13 +219,23 @@ impl Policy {
         now: u64,
         out: &mut Vec<Action>,
     ) -> Result<(), Violation> {
-        match kind {
+        let r = match kind {
             ElementKind::Presence => self.client_presence(raw, now, out),
             ElementKind::Iq => self.client_iq(raw, now, out),
             ElementKind::Message | ElementKind::Other => {
                 out.push(Action::ToServer(raw.clone()));
-                Ok(())
+                return Ok(());
             }
+        };
+        self.reconcile_list(out);
+        r
+    }
+
+    /// Whatever the event changed (an entity forgotten, a contact unhidden), the list follows,
+    /// after the event's own stanzas: an allow item goes only once its `unavailable` is out.
+    fn reconcile_list(&mut self, out: &mut Vec<Action>) {
+        if self.uses_list() {
+            privacy_list::sync(self, Vec::new(), Vec::new(), out);
         }
     }
 
@@ -236,14 +246,16 @@ impl Policy {
         kind: ElementKind,
         out: &mut Vec<Action>,
     ) -> Result<(), Violation> {
-        match kind {
+        let r = match kind {
             ElementKind::Presence => self.server_presence(raw, out),
             ElementKind::Iq => self.server_iq(raw, out),
             ElementKind::Message | ElementKind::Other => {
                 out.push(Action::ToClient(raw.clone()));
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        self.reconcile_list(out);
+        r
     }
 
     fn client_presence(

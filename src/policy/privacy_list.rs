@@ -59,6 +59,8 @@ pub(super) enum State {
     Asking { id: String },
     /// Privacy lists are in use for this session.
     List(List),
+    /// A privacy IQ failed: the session is silent, and the server may still hold a list of it.
+    Failed,
 }
 
 /// The session's own list, as the server has it (or will once the pending IQs are answered).
@@ -119,7 +121,7 @@ impl Policy {
         match &self.list {
             State::Asking { .. } => true,
             State::List(l) => l.pending.is_some() || l.blocklist_id.is_some(),
-            State::Silent | State::Undecided => false,
+            State::Silent | State::Undecided | State::Failed => false,
         }
     }
 
@@ -207,7 +209,7 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
         return true;
     }
     let State::List(list) = &mut p.list else {
-        return false;
+        return is_stale(p, id);
     };
     if list.blocklist_id.as_deref() == Some(id) {
         list.blocklist_id = None;
@@ -403,11 +405,13 @@ fn list_xml(name: &str, items: &[Item]) -> String {
 /// strategy takes over from the current state.
 pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
     metrics::counter!(crate::metrics::PRIVACY_LIST_FAILURES).increment(1);
-    let State::List(list) = std::mem::replace(&mut p.list, State::Silent) else {
+    let State::List(list) = std::mem::replace(&mut p.list, State::Failed) else {
         return;
     };
     let waiting = list.pending.map(|pending| pending.then).unwrap_or_default();
-    if p.server_broadcasting && p.vis.hides_anyone() {
+    // Whatever the server holds as available, it holds under a list whose state is now unknown:
+    // it ends (filtered by that list as the broadcasts before it were).
+    if p.server_broadcasting {
         presence::stop_server_broadcast(p, out);
     }
     if list.active || list.items.is_some() {
@@ -573,7 +577,13 @@ pub(super) fn visible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<Ac
 /// still filters it (Prosody drops the list before the logout broadcast of the account's last
 /// session, so closing without it would tell every contact). Then the list goes away.
 pub(super) fn session_end_first(p: &mut Policy, out: &mut Vec<Action>) {
-    if p.server_broadcasting && matches!(&p.list, State::List(l) if l.active) {
+    // After a failure the list may still be in force on the server: the same holds.
+    let list_may_filter = match &p.list {
+        State::List(l) => l.active,
+        State::Failed => true,
+        _ => false,
+    };
+    if p.server_broadcasting && list_may_filter {
         out.push(Action::ToServer(presence::UNAVAILABLE));
     }
 }

@@ -174,6 +174,18 @@ impl ModelServer {
         vec![result]
     }
 
+    /// The stream closes. A presence the server still holds is ended with a broadcast that
+    /// ignores the list, as Prosody's logout of an account's last session does.
+    fn close(&mut self) {
+        if self.available {
+            for s in self.subscribers.clone() {
+                self.delivered.push((s, Some("unavailable".into())));
+            }
+            self.available = false;
+        }
+        self.active = None;
+    }
+
     /// The newest presence `contact` received (None: nothing).
     fn last(&self, contact: &str) -> Option<Option<String>> {
         self.delivered
@@ -316,10 +328,12 @@ impl Scene {
         }
     }
 
+    /// The session ends: the policy's last words, then the stream close.
     fn end(&mut self) {
         let mut out = Vec::new();
         self.p.session_end(&mut out);
         self.run(out);
+        self.s.close();
     }
 
     fn mark(&self) -> usize {
@@ -630,5 +644,141 @@ fn server_answers_to_the_proxys_iqs_never_reach_the_client() {
     for b in &sc.to_client {
         let text = String::from_utf8_lossy(b);
         assert!(!text.contains("veiltest-pl"), "{text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: random sessions on both strategies (and lists that fail midway) never leave a hidden
+// contact seeing the user, and leave nobody seeing it after the end.
+
+mod property {
+    use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_oneof, proptest};
+    use proptest::strategy::Strategy as _;
+    use proptest::test_runner::TestCaseError;
+
+    use super::*;
+
+    const TARGETS: [&str; 4] = [
+        "stpeter@foo.com",
+        "pgmillard@foo.com",
+        "rynok@foo.com",
+        "stranger@bar.org",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Available(Option<&'static str>),
+        Unavailable,
+        DirectedAvailable(usize),
+        DirectedUnavailable(usize),
+        Invisible186(bool),
+        Visible186,
+        Invisible18,
+        Visible18,
+        InvisibleTo(usize),
+        VisibleTo(usize),
+        /// The server refuses every privacy IQ from now on.
+        ListsBreak,
+    }
+
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        let t = 0..TARGETS.len();
+        prop_oneof![
+            3 => prop_oneof![Just(None), Just(Some("away")), Just(Some("dnd"))].prop_map(Ev::Available),
+            1 => Just(Ev::Unavailable),
+            2 => t.clone().prop_map(Ev::DirectedAvailable),
+            1 => t.clone().prop_map(Ev::DirectedUnavailable),
+            2 => any::<bool>().prop_map(Ev::Invisible186),
+            1 => Just(Ev::Visible186),
+            2 => Just(Ev::Invisible18),
+            1 => Just(Ev::Visible18),
+            3 => t.clone().prop_map(Ev::InvisibleTo),
+            2 => t.prop_map(Ev::VisibleTo),
+            1 => Just(Ev::ListsBreak),
+        ]
+    }
+
+    fn xml(e: &Ev) -> Option<String> {
+        Some(match e {
+            Ev::Available(None) => "<presence/>".into(),
+            Ev::Available(Some(show)) => format!("<presence><show>{show}</show></presence>"),
+            Ev::Unavailable => "<presence type='unavailable'/>".into(),
+            Ev::DirectedAvailable(t) => format!("<presence to='{}'/>", TARGETS[*t]),
+            Ev::DirectedUnavailable(t) => {
+                format!("<presence to='{}' type='unavailable'/>", TARGETS[*t])
+            }
+            Ev::Invisible186(true) => INVISIBLE_PROBE.into(),
+            Ev::Invisible186(false) => INVISIBLE.into(),
+            Ev::Visible186 => VISIBLE.into(),
+            Ev::Invisible18 => "<presence type='invisible'/>".into(),
+            Ev::Visible18 => "<presence type='visible'/>".into(),
+            Ev::InvisibleTo(t) => format!("<presence to='{}' type='invisible'/>", TARGETS[*t]),
+            Ev::VisibleTo(t) => format!("<presence to='{}' type='visible'/>", TARGETS[*t]),
+            Ev::ListsBreak => return None,
+        })
+    }
+
+    fn sees(sc: &Scene, target: &str) -> bool {
+        sc.s.last(target) == Some(None)
+    }
+
+    fn run(strategy: Strategy, events: &[Ev]) -> Result<(), TestCaseError> {
+        let mut server = ModelServer {
+            advertise_privacy: true,
+            ..Default::default()
+        };
+        server.subscribers = CONTACTS.iter().map(|c| c.to_string()).collect();
+        let mut sc = Scene::new(strategy, server);
+        for (i, e) in events.iter().enumerate() {
+            match xml(e) {
+                Some(x) => sc.client(&x),
+                None => sc.s.refuse_privacy = true,
+            }
+            prop_assert!(sc.held.is_empty(), "step {i}: client stanzas stuck");
+            for t in TARGETS {
+                let bare = jid::BareJid::new(t).unwrap();
+                let hidden = !sc.p.vis.may_see(&bare);
+                let shown_directly = sc.p.shown.keys().any(|e| e.to_bare() == bare);
+                prop_assert!(
+                    !(hidden && !shown_directly && sees(&sc, t)),
+                    "step {i} ({e:?}): {t} is hidden but sees the user; delivered: {:?}",
+                    sc.s.delivered
+                );
+            }
+        }
+        sc.end();
+        for t in TARGETS {
+            prop_assert!(
+                !sees(&sc, t),
+                "after the end {t} still sees the user: {:?}",
+                sc.s.delivered
+            );
+            let ever_saw = sc.s.saw_available(t, 0);
+            let addressed = events.iter().any(|e| {
+                matches!(e, Ev::DirectedAvailable(x) | Ev::DirectedUnavailable(x) if TARGETS[*x] == t)
+            });
+            prop_assert!(
+                ever_saw || addressed || !sc.s.received_anything(t, 0),
+                "{t} never saw the user, yet was told something: {:?}",
+                sc.s.delivered
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn privacy_list_sessions_never_show_a_hidden_contact(events in proptest::collection::vec(ev(), 0..24)) {
+            run(Strategy::Auto, &events)?;
+        }
+
+        #[test]
+        fn silent_sessions_never_show_a_hidden_contact(events in proptest::collection::vec(ev(), 0..24)) {
+            run(Strategy::Silent, &events)?;
+        }
     }
 }
