@@ -56,9 +56,9 @@ pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut
         refuse(raw, "resource-constraint", out);
         return;
     }
-    p.shown.insert(to, true);
+    p.shown.insert(to.clone(), true);
     if p.uses_list() {
-        privacy_list::directed_available(p, raw, out);
+        privacy_list::directed_available(p, raw, to, out);
     } else {
         out.push(Action::ToServer(raw.clone()));
     }
@@ -82,7 +82,7 @@ pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: Jid, out: &m
         p.shown.remove(&to);
     }
     if p.uses_list() {
-        privacy_list::directed_unavailable(p, raw, out);
+        privacy_list::directed_unavailable(p, raw, &to, out);
     } else {
         out.push(Action::ToServer(raw.clone()));
     }
@@ -194,7 +194,12 @@ pub(super) fn tell_unavailable(
     let told: Vec<Jid> = p.shown.keys().filter(|e| which(e)).cloned().collect();
     for entity in told {
         if !p.server_covers(&entity) {
-            push_directed(raw, entity.as_str(), Action::ToServer, out);
+            if p.uses_list() {
+                let copy = super::xml_with_to(raw, entity.as_str());
+                privacy_list::directed(p, copy, &entity, out);
+            } else {
+                push_directed(raw, entity.as_str(), Action::ToServer, out);
+            }
         }
         p.shown.remove(&entity);
     }

@@ -61,6 +61,8 @@ pub(super) enum State {
     List(List),
     /// A privacy IQ failed: the session is silent, and the server may still hold a list of it.
     Failed,
+    /// The session ended: its list is gone (or going), nothing follows.
+    Ended,
 }
 
 /// The session's own list, as the server has it (or will once the pending IQs are answered).
@@ -84,6 +86,8 @@ pub(super) struct List {
 struct Pending {
     ids: Vec<String>,
     then: Vec<Then>,
+    /// Stanzas written between two list updates: blocked if an update failed, sent again then.
+    sent_between: Vec<Then>,
 }
 
 /// A stanza that waits for the list.
@@ -91,8 +95,8 @@ struct Pending {
 pub(super) enum Then {
     /// The session's undirected presence to the server (it broadcasts it through the list).
     Available(Bytes),
-    /// A directed presence (the client's, or the proxy's showing one entity).
-    Directed(Bytes),
+    /// A directed presence (the client's, or the proxy's) to this entity.
+    Directed(Bytes, Jid),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +125,7 @@ impl Policy {
         match &self.list {
             State::Asking { .. } => true,
             State::List(l) => l.pending.is_some() || l.blocklist_id.is_some(),
-            State::Silent | State::Undecided | State::Failed => false,
+            State::Silent | State::Undecided | State::Failed | State::Ended => false,
         }
     }
 
@@ -239,8 +243,7 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
         && let Some(done) = list.pending.take()
     {
         for then in done.then {
-            let (Then::Available(b) | Then::Directed(b)) = then;
-            out.push(Action::ToServer(b));
+            emit(p, then, out);
         }
     }
     true
@@ -250,6 +253,24 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
 /// resumption): consumed, so that the client never sees the proxy's ids.
 fn is_stale(p: &Policy, id: &str) -> bool {
     id.starts_with(&format!("{}-pl", p.id_prefix))
+}
+
+/// A privacy-list push (XEP-0016 §2.6) about one of the proxy's lists: the proxy answers it,
+/// the client never sees it (true).
+pub(super) fn own_list_push(iq: &Element, out: &mut Vec<Action>) -> bool {
+    let ours = iq.child("query", NS_PRIVACY).is_some_and(|q| {
+        q.elements().any(|l| {
+            l.name == "list" && l.attr("name").is_some_and(|n| n.starts_with(LIST_PREFIX))
+        })
+    });
+    if !ours {
+        return false;
+    }
+    out.push(Action::ToServer(Bytes::from(format!(
+        "<iq type='result' id='{}'/>",
+        escape(iq.attr("id").unwrap_or(""))
+    ))));
+    true
 }
 
 /// A blocklist push (`<block/>` or `<unblock/>`) from the server: the copy in the list follows.
@@ -291,7 +312,7 @@ fn desired(p: &Policy, blocks: &BTreeSet<String>) -> Option<Vec<Item>> {
     let mut allow: BTreeSet<String> = p
         .shown
         .keys()
-        .filter(|e| !p.vis.may_see(&e.to_bare()))
+        .filter(|e| !p.vis.may_see(&e.to_bare()) && !bare_subscriber(p, e))
         .map(|e| e.to_string())
         .collect();
     if p.vis.global == Mode::Invisible {
@@ -324,8 +345,7 @@ pub(super) fn sync(p: &mut Policy, before: Vec<Action>, after: Vec<Then>, out: &
     let State::List(list) = &p.list else {
         // Silent: nothing waits for a list.
         for then in after {
-            let (Then::Available(b) | Then::Directed(b)) = then;
-            out.push(Action::ToServer(b));
+            emit(p, then, out);
         }
         return;
     };
@@ -354,22 +374,73 @@ pub(super) fn sync(p: &mut Policy, before: Vec<Action>, after: Vec<Then>, out: &
     }
     if iqs.is_empty() && list.pending.is_none() {
         for then in after {
-            let (Then::Available(b) | Then::Directed(b)) = then;
-            out.push(Action::ToServer(b));
+            emit(p, then, out);
         }
         return;
     }
-    let pending = list.pending.get_or_insert_with(Pending::default);
     for query in iqs {
-        list.seq += 1;
-        let id = format!("{}-pl{}", p.id_prefix, list.seq);
-        out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='set' id='{}'><query xmlns='{NS_PRIVACY}'>{query}</query></iq>",
-            escape(&id)
-        ))));
-        pending.ids.push(id);
+        push_iq(list, &p.id_prefix, &query, out);
     }
-    pending.then.extend(after);
+    list.pending
+        .get_or_insert_with(Pending::default)
+        .then
+        .extend(after);
+}
+
+/// A privacy IQ of the proxy's, awaited before anything that depends on it.
+fn push_iq(list: &mut List, id_prefix: &str, query: &str, out: &mut Vec<Action>) {
+    list.seq += 1;
+    let id = format!("{id_prefix}-pl{}", list.seq);
+    out.push(Action::ToServer(Bytes::from(format!(
+        "<iq type='set' id='{}'><query xmlns='{NS_PRIVACY}'>{query}</query></iq>",
+        escape(&id)
+    ))));
+    list.pending.get_or_insert_with(Pending::default).ids.push(id);
+}
+
+/// A stanza that waited for the list goes out.
+fn emit(p: &mut Policy, then: Then, out: &mut Vec<Action>) {
+    match then {
+        Then::Available(b) => out.push(Action::ToServer(b)),
+        Then::Directed(b, to) => directed(p, b, &to, out),
+    }
+}
+
+/// Broadcasts go to a subscriber's bare JID, so an allow item for a hidden subscriber's bare
+/// JID would let every later broadcast through: such an entity is never allowed for good.
+fn bare_subscriber(p: &Policy, e: &Jid) -> bool {
+    e.resource().is_none()
+        && p.roster
+            .as_ref()
+            .and_then(|r| r.get(&e.to_bare()))
+            .is_some_and(|s| s.sees_user())
+}
+
+/// A directed presence from this session. To a hidden subscriber's bare JID it goes between
+/// two list updates: one that allows that JID, one that takes the allow item back. The server
+/// handles a session's stanzas in order, so nothing else of this session passes in between;
+/// if the first update fails, the presence is blocked (and the session goes silent).
+pub(super) fn directed(p: &mut Policy, stanza: Bytes, to: &Jid, out: &mut Vec<Action>) {
+    let hidden = !p.vis.may_see(&to.to_bare()) && bare_subscriber(p, to);
+    let State::List(list) = &mut p.list else {
+        out.push(Action::ToServer(stanza));
+        return;
+    };
+    let Some(items) = list.items.clone().filter(|_| list.active && hidden) else {
+        out.push(Action::ToServer(stanza));
+        return;
+    };
+    let mut with = vec![Item::Allow(to.to_string())];
+    with.extend(items.iter().cloned());
+    let name = list.name.clone();
+    push_iq(list, &p.id_prefix, &list_xml(&name, &with), out);
+    out.push(Action::ToServer(stanza.clone()));
+    push_iq(list, &p.id_prefix, &list_xml(&name, &items), out);
+    if let Some(pending) = list.pending.as_mut() {
+        pending
+            .sent_between
+            .push(Then::Directed(stanza, to.clone()));
+    }
 }
 
 fn list_xml(name: &str, items: &[Item]) -> String {
@@ -408,11 +479,17 @@ pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
     let State::List(list) = std::mem::replace(&mut p.list, State::Failed) else {
         return;
     };
-    let waiting = list.pending.map(|pending| pending.then).unwrap_or_default();
+    let waiting: Vec<Then> = list
+        .pending
+        .map(|pending| pending.sent_between.into_iter().chain(pending.then).collect())
+        .unwrap_or_default();
     // Whatever the server holds as available, it holds under a list whose state is now unknown:
-    // it ends (filtered by that list as the broadcasts before it were).
+    // it ends, filtered by that list as the broadcasts before it were. Then the list is declined,
+    // so that the `unavailable`s to the remembered recipients, and the silent strategy's
+    // directed presence after them, are not blocked by it.
     if p.server_broadcasting {
-        presence::stop_server_broadcast(p, out);
+        out.push(Action::ToServer(presence::UNAVAILABLE));
+        p.server_broadcasting = false;
     }
     if list.active || list.items.is_some() {
         out.push(Action::ToServer(Bytes::from(format!(
@@ -420,10 +497,20 @@ pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
             escape(&p.id_prefix)
         ))));
     }
+    // The client's directed presence that waited for the list is delivered under the silent
+    // rules too (its recipient stays remembered); everyone else remembered is told.
+    let waiting_for: Vec<Jid> = waiting
+        .iter()
+        .filter_map(|t| match t {
+            Then::Directed(_, to) => Some(to.clone()),
+            Then::Available(_) => None,
+        })
+        .collect();
+    let unavailable = presence::UNAVAILABLE;
+    presence::tell_unavailable(p, &unavailable, |e| !waiting_for.contains(e), out);
     for then in waiting {
-        // The client's directed presence is delivered under the silent rules too; the undirected
-        // one is replaced by the silent fan-out below.
-        if let Then::Directed(b) = then {
+        // The undirected presence is replaced by the silent fan-out below.
+        if let Then::Directed(b, _) = then {
             out.push(Action::ToServer(b));
         }
     }
@@ -463,13 +550,15 @@ pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Ac
 }
 
 /// Directed presence: it needs an allow item if the list would deny it.
-pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
-    sync(p, Vec::new(), vec![Then::Directed(raw.clone())], out);
+pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
+    sync(p, Vec::new(), vec![Then::Directed(raw.clone(), to)], out);
 }
 
 /// Directed unavailable: it goes out before the recipient's allow item is removed.
-pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
-    sync(p, vec![Action::ToServer(raw.clone())], Vec::new(), out);
+pub(super) fn directed_unavailable(p: &mut Policy, raw: &Bytes, to: &Jid, out: &mut Vec<Action>) {
+    let mut before = Vec::new();
+    directed(p, raw.clone(), to, &mut before);
+    sync(p, before, Vec::new(), out);
 }
 
 /// Hiding from everyone (XEP-0186 `invisible`, XEP-0018 undirected `invisible`). A broadcast
@@ -558,16 +647,16 @@ pub(super) fn visible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<Ac
     if p.available && !already_sees {
         let current = p.current_presence();
         if p.server_broadcasting && p.server_covers(&as_jid) {
-            after.push(Then::Directed(super::xml_with_to(
-                &current,
-                contact.as_str(),
-            )));
+            after.push(Then::Directed(
+                super::xml_with_to(&current, contact.as_str()),
+                as_jid,
+            ));
         } else if p.shown.len() < super::MAX_SHOWN {
-            p.shown.insert(as_jid, true);
-            after.push(Then::Directed(super::xml_with_to(
-                &current,
-                contact.as_str(),
-            )));
+            p.shown.insert(as_jid.clone(), true);
+            after.push(Then::Directed(
+                super::xml_with_to(&current, contact.as_str()),
+                as_jid,
+            ));
         }
     }
     sync(p, Vec::new(), after, out);
@@ -575,7 +664,9 @@ pub(super) fn visible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<Ac
 
 /// The session ends with the list in force: an undirected `unavailable` first, while the list
 /// still filters it (Prosody drops the list before the logout broadcast of the account's last
-/// session, so closing without it would tell every contact). Then the list goes away.
+/// session, so closing without it would tell every contact). The server then holds no presence,
+/// so the list can be declined: the proxy's `unavailable`s to the remembered recipients that
+/// follow pass without list updates around them.
 pub(super) fn session_end_first(p: &mut Policy, out: &mut Vec<Action>) {
     // After a failure the list may still be in force on the server: the same holds.
     let list_may_filter = match &p.list {
@@ -585,26 +676,29 @@ pub(super) fn session_end_first(p: &mut Policy, out: &mut Vec<Action>) {
     };
     if p.server_broadcasting && list_may_filter {
         out.push(Action::ToServer(presence::UNAVAILABLE));
+        p.server_broadcasting = false;
+    }
+    if let State::List(list) = &mut p.list
+        && list.active
+    {
+        list.active = false;
+        out.push(Action::ToServer(Bytes::from(format!(
+            "<iq type='set' id='{}-pl-end0'><query xmlns='{NS_PRIVACY}'><active/></query></iq>",
+            escape(&p.id_prefix)
+        ))));
     }
 }
 
-/// After the `unavailable`s of the end: the list is declined and deleted.
+/// After the `unavailable`s of the end: the list is deleted.
 pub(super) fn session_end_last(p: &mut Policy, out: &mut Vec<Action>) {
-    let State::List(list) = &mut p.list else {
+    let State::List(list) = std::mem::replace(&mut p.list, State::Ended) else {
         return;
     };
-    let mut queries = Vec::new();
-    if list.active {
-        queries.push("<active/>".to_owned());
-        list.active = false;
-    }
-    if list.items.take().is_some() {
-        queries.push(format!("<list name='{}'/>", escape(&list.name)));
-    }
-    for (i, q) in queries.into_iter().enumerate() {
+    if list.items.is_some() {
         out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='set' id='{}-pl-end{i}'><query xmlns='{NS_PRIVACY}'>{q}</query></iq>",
-            escape(&p.id_prefix)
+            "<iq type='set' id='{}-pl-end1'><query xmlns='{NS_PRIVACY}'><list name='{}'/></query></iq>",
+            escape(&p.id_prefix),
+            escape(&list.name)
         ))));
     }
 }
@@ -637,10 +731,10 @@ pub(super) fn resumed(p: &mut Policy, detached: Vec<Jid>, out: &mut Vec<Action>)
     }
     for entity in detached {
         if p.shown.len() < super::MAX_SHOWN {
-            after.push(Then::Directed(super::xml_with_to(
-                &current,
-                entity.as_str(),
-            )));
+            after.push(Then::Directed(
+                super::xml_with_to(&current, entity.as_str()),
+                entity.clone(),
+            ));
             p.shown.insert(entity, true);
         }
     }

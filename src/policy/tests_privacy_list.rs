@@ -33,7 +33,7 @@ struct ModelServer {
     available: bool,
     /// Every presence delivered to an entity: (to, type).
     delivered: Vec<(String, Option<String>)>,
-    /// Refuse every privacy IQ (a server without lists).
+    /// Refuse every privacy IQ but a decline (a server whose lists broke).
     refuse_privacy: bool,
     advertise_privacy: bool,
     blocklist: Vec<String>,
@@ -127,7 +127,9 @@ impl ModelServer {
         let Some(q) = iq.child("query", NS_PRIVACY) else {
             return vec![];
         };
-        if self.refuse_privacy {
+        // A server that refuses lists still lets a client decline them.
+        let decline = q.elements().all(|e| e.name == "active" && e.attr("name").is_none());
+        if self.refuse_privacy && !decline {
             return vec![error];
         }
         for e in q.elements() {
@@ -261,16 +263,18 @@ impl Scene {
         Scene::new(Strategy::Auto, s)
     }
 
+    /// One write of the proxy: the server handles every stanza in it, in order, and only then
+    /// does the proxy read the answers.
     fn run(&mut self, actions: Vec<Action>) {
+        let mut answers = Vec::new();
         for a in actions {
             match a {
                 Action::ToClient(b) => self.to_client.push(b),
-                Action::ToServer(b) => {
-                    for answer in self.s.receive(&b) {
-                        self.server(&answer);
-                    }
-                }
+                Action::ToServer(b) => answers.extend(self.s.receive(&b)),
             }
+        }
+        for answer in answers {
+            self.server(&answer);
         }
     }
 
@@ -781,4 +785,30 @@ mod property {
             run(Strategy::Silent, &events)?;
         }
     }
+}
+
+#[test]
+fn pushes_about_the_proxys_list_are_answered_by_the_proxy() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    let name = sc.p.privacy_list_name().expect("a list").to_owned();
+    let mut out = Vec::new();
+    let push = format!(
+        "<iq type='set' id='push9' from='{ME}'><query xmlns='{NS_PRIVACY}'><list name='{name}'/></query></iq>"
+    );
+    sc.p.from_server(&Bytes::from(push), ElementKind::Iq, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Action::ToServer(answer) = &out[0] else {
+        panic!("answered to the server: {out:?}");
+    };
+    assert_eq!(&answer[..], b"<iq type='result' id='push9'/>");
+    // A push about a list of the user's own reaches the client.
+    let mut out = Vec::new();
+    let push = format!(
+        "<iq type='set' id='push10' from='{ME}'><query xmlns='{NS_PRIVACY}'><list name='work'/></query></iq>"
+    );
+    sc.p.from_server(&Bytes::from(push), ElementKind::Iq, &mut out)
+        .unwrap();
+    assert!(matches!(&out[..], [Action::ToClient(_)]), "{out:?}");
 }
