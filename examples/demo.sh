@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-if ! command -v prosody >/dev/null 2>&1; then
-  echo "Installing Prosody (Debian package)…"
+if ! command -v prosody >/dev/null 2>&1 ||
+   [ ! -f /usr/lib/prosody/modules/mod_privacy_lists/mod_privacy_lists.lua ]; then
+  echo "Installing Prosody and prosody-modules (Debian packages)…"
   # The install script is the one the tests use; it also installs ejabberd.
   tests/install-deps.sh
 fi
@@ -37,7 +38,10 @@ s2s_ports = { }
 http_ports = { }
 https_ports = { }
 modules_disabled = { "s2s" }
-modules_enabled = { "roster", "saslauth", "disco", "ping", "lastactivity" }
+-- offline storage and privacy lists as operators run them: invisible users stay reachable
+-- (the proxy's privacy-list strategy; see README, "Two strategies").
+modules_enabled = { "roster", "saslauth", "disco", "ping", "lastactivity", "offline",
+                    "carbons", "blocklist", "privacy_lists" }
 authentication = "internal_plain"
 -- The upstream leg is plaintext on loopback: the recommended setup (see README).
 c2s_require_encryption = false

@@ -259,9 +259,8 @@ fn is_stale(p: &Policy, id: &str) -> bool {
 /// the client never sees it (true).
 pub(super) fn own_list_push(iq: &Element, out: &mut Vec<Action>) -> bool {
     let ours = iq.child("query", NS_PRIVACY).is_some_and(|q| {
-        q.elements().any(|l| {
-            l.name == "list" && l.attr("name").is_some_and(|n| n.starts_with(LIST_PREFIX))
-        })
+        q.elements()
+            .any(|l| l.name == "list" && l.attr("name").is_some_and(|n| n.starts_with(LIST_PREFIX)))
     });
     if !ours {
         return false;
@@ -395,7 +394,10 @@ fn push_iq(list: &mut List, id_prefix: &str, query: &str, out: &mut Vec<Action>)
         "<iq type='set' id='{}'><query xmlns='{NS_PRIVACY}'>{query}</query></iq>",
         escape(&id)
     ))));
-    list.pending.get_or_insert_with(Pending::default).ids.push(id);
+    list.pending
+        .get_or_insert_with(Pending::default)
+        .ids
+        .push(id);
 }
 
 /// A stanza that waited for the list goes out.
@@ -481,7 +483,13 @@ pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
     };
     let waiting: Vec<Then> = list
         .pending
-        .map(|pending| pending.sent_between.into_iter().chain(pending.then).collect())
+        .map(|pending| {
+            pending
+                .sent_between
+                .into_iter()
+                .chain(pending.then)
+                .collect()
+        })
         .unwrap_or_default();
     // Whatever the server holds as available, it holds under a list whose state is now unknown:
     // it ends, filtered by that list as the broadcasts before it were. Then the list is declined,

@@ -128,7 +128,9 @@ impl ModelServer {
             return vec![];
         };
         // A server that refuses lists still lets a client decline them.
-        let decline = q.elements().all(|e| e.name == "active" && e.attr("name").is_none());
+        let decline = q
+            .elements()
+            .all(|e| e.name == "active" && e.attr("name").is_none());
         if self.refuse_privacy && !decline {
             return vec![error];
         }
