@@ -122,7 +122,7 @@ impl Policy {
             .map(|(e, _)| e.clone())
             .collect();
         for entity in &told {
-            push_directed(&unavailable, entity.as_str(), Action::ToServer, out);
+            tell(self, &unavailable, entity, out);
             self.shown.remove(entity);
         }
         self.detached = told;
@@ -183,6 +183,17 @@ pub(super) fn resume_server_broadcast(p: &mut Policy, out: &mut Vec<Action>) {
     p.server_broadcasting = true;
 }
 
+/// A directed copy of the proxy's `raw` to one entity (through the privacy list's rules when the
+/// session hides with one).
+fn tell(p: &mut Policy, raw: &Bytes, entity: &Jid, out: &mut Vec<Action>) {
+    if p.uses_list() {
+        let copy = super::xml_with_to(raw, entity.as_str());
+        privacy_list::directed(p, copy, entity, out);
+    } else {
+        push_directed(raw, entity.as_str(), Action::ToServer, out);
+    }
+}
+
 /// Sends `unavailable` (a directed copy of `raw`) to every remembered recipient matching
 /// `which` that the server will not tell itself, and forgets them.
 pub(super) fn tell_unavailable(
@@ -194,12 +205,7 @@ pub(super) fn tell_unavailable(
     let told: Vec<Jid> = p.shown.keys().filter(|e| which(e)).cloned().collect();
     for entity in told {
         if !p.server_covers(&entity) {
-            if p.uses_list() {
-                let copy = super::xml_with_to(raw, entity.as_str());
-                privacy_list::directed(p, copy, &entity, out);
-            } else {
-                push_directed(raw, entity.as_str(), Action::ToServer, out);
-            }
+            tell(p, raw, &entity, out);
         }
         p.shown.remove(&entity);
     }
