@@ -685,6 +685,8 @@ mod property {
         VisibleTo(usize),
         /// The server refuses every privacy IQ from now on.
         ListsBreak,
+        /// The client's connection drops with a resumable stream, and the stream is resumed.
+        DropAndResume,
     }
 
     fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
@@ -701,6 +703,7 @@ mod property {
             3 => t.clone().prop_map(Ev::InvisibleTo),
             2 => t.prop_map(Ev::VisibleTo),
             1 => Just(Ev::ListsBreak),
+            1 => Just(Ev::DropAndResume),
         ]
     }
 
@@ -720,7 +723,7 @@ mod property {
             Ev::Visible18 => "<presence type='visible'/>".into(),
             Ev::InvisibleTo(t) => format!("<presence to='{}' type='invisible'/>", TARGETS[*t]),
             Ev::VisibleTo(t) => format!("<presence to='{}' type='visible'/>", TARGETS[*t]),
-            Ev::ListsBreak => return None,
+            Ev::ListsBreak | Ev::DropAndResume => return None,
         })
     }
 
@@ -736,9 +739,18 @@ mod property {
         server.subscribers = CONTACTS.iter().map(|c| c.to_string()).collect();
         let mut sc = Scene::new(strategy, server);
         for (i, e) in events.iter().enumerate() {
-            match xml(e) {
-                Some(x) => sc.client(&x),
-                None => sc.s.refuse_privacy = true,
+            match (xml(e), e) {
+                (Some(x), _) => sc.client(&x),
+                (None, Ev::DropAndResume) => {
+                    let mut out = Vec::new();
+                    sc.p.detach(&mut out);
+                    sc.run(out);
+                    let mut out = Vec::new();
+                    sc.p.resumed(&mut out);
+                    sc.run(out);
+                    sc.release();
+                }
+                (None, _) => sc.s.refuse_privacy = true,
             }
             prop_assert!(sc.held.is_empty(), "step {i}: client stanzas stuck");
             for t in TARGETS {
