@@ -26,6 +26,7 @@ every_setup!(
     end_by_shutdown_tells_nobody,
     end_by_resume_timeout_tells_nobody,
     privacy_iqs_of_the_client_are_guarded,
+    probe_and_block_while_invisible,
 );
 
 fn presence_from(jid: &str) -> impl Fn(&Stanza) -> bool + Copy + '_ {
@@ -351,6 +352,67 @@ async fn privacy_iqs_of_the_client_are_guarded(setup: Setup) {
             .any(|s| s.id().is_some_and(|id| id.starts_with("veil"))),
         "{}",
         joe.dump()
+    );
+    joe.close().await;
+}
+
+/// What a contact learns by probing an invisible user itself (servers answer probes for the
+/// account), and what blocking a contact while invisible sends it. Measured per setup; the
+/// README's residual-leak table gives the same.
+async fn probe_and_block_while_invisible(setup: Setup) {
+    let w = world_with(setup).await;
+    let st = w.observer("stpeter").await;
+    let pg = w.observer("pgmillard").await;
+    let joe = w.joe(Opts::new("probe")).await;
+    let j = joe.jid.clone();
+    invisible(&joe, None).await;
+    let m = joe.mark();
+    joe.send("<presence/>").await;
+    server_holds_presence(&w, &joe, m).await;
+    let m = st.mark();
+    st.send(&format!(
+        "<presence type='probe' to='{}'/>",
+        w.server.jid("joe")
+    ))
+    .await;
+    tokio::time::sleep(QUIET).await;
+    let answers: Vec<String> = st
+        .since(m)
+        .iter()
+        .filter(|s| s.is_presence_from(&w.server.jid("joe")))
+        .map(|s| s.raw.clone())
+        .collect();
+    assert!(
+        !answers.iter().any(|a| !a.contains("unavailable")),
+        "a probe never gets joe's presence: {answers:?}"
+    );
+    // Measured: Prosody answers a probe for an account without an available session with
+    // `unavailable`, and one whose only session hides behind a list with nothing at all (a
+    // residual signal of the list strategy there); ejabberd answers neither.
+    let expect_answer = setup.kind == common::servers::Kind::Prosody && !setup.list;
+    assert_eq!(!answers.is_empty(), expect_answer, "{setup:?}: {answers:?}");
+    // Blocking pgmillard while invisible.
+    let m = pg.mark();
+    let r = joe
+        .iq(
+            "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='pgmillard@localhost'/></block></iq>",
+            "blk",
+            T,
+        )
+        .await;
+    tokio::time::sleep(QUIET).await;
+    let told: Vec<String> = pg
+        .since(m)
+        .iter()
+        .filter(|s| s.is_presence_from(&j))
+        .map(|s| s.raw.clone())
+        .collect();
+    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
+    // Prosody's mod_blocklist tells a blocked subscriber `unavailable` from every resource with
+    // a presence, around the list: the proxy ends the server's presence around the block.
+    assert!(
+        told.is_empty(),
+        "blocking tells pgmillard nothing: {told:?}"
     );
     joe.close().await;
 }

@@ -342,6 +342,11 @@ impl Policy {
                     return Ok(());
                 }
             }
+            (Some("set"), "block", privacy_list::NS_BLOCKING)
+                if privacy_list::client_block(self, raw, payload, out) =>
+            {
+                return Ok(());
+            }
             (Some("get"), "query", NS_DISCO_INFO)
                 if payload.attr("node").is_none()
                     && tag.attr("to").is_some()

@@ -272,6 +272,29 @@ pub(super) fn own_list_push(iq: &Element, out: &mut Vec<Action>) -> bool {
     true
 }
 
+/// The client blocks contacts (XEP-0191) while its list hides it from some of them. Prosody's
+/// mod_blocklist tells each blocked subscriber `unavailable` from every resource that holds a
+/// presence, around the privacy list: that would reveal the invisible resource. So the server's
+/// presence ends first (filtered by the list), the block goes through, and the presence comes
+/// back (under the list). Returns false when there is nothing to guard.
+pub(super) fn client_block(
+    p: &mut Policy,
+    raw: &Bytes,
+    block: &Element,
+    out: &mut Vec<Action>,
+) -> bool {
+    let active = matches!(&p.list, State::List(l) if l.active);
+    let hides_one =
+        blocked_jids(block).any(|j| jid::BareJid::new(&j).is_ok_and(|b| !p.vis.may_see(&b)));
+    if !(active && p.server_broadcasting && hides_one) {
+        return false;
+    }
+    out.push(Action::ToServer(presence::UNAVAILABLE));
+    out.push(Action::ToServer(raw.clone()));
+    out.push(Action::ToServer(p.current_presence()));
+    true
+}
+
 /// A blocklist push (`<block/>` or `<unblock/>`) from the server: the copy in the list follows.
 pub(super) fn blocklist_push(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) {
     let State::List(list) = &mut p.list else {

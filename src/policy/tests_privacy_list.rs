@@ -826,3 +826,39 @@ fn pushes_about_the_proxys_list_are_answered_by_the_proxy() {
         .unwrap();
     assert!(matches!(&out[..], [Action::ToClient(_)]), "{out:?}");
 }
+
+#[test]
+fn blocking_a_hidden_contact_ends_the_servers_presence_around_the_block() {
+    let mut sc = Scene::standard();
+    sc.client(INVISIBLE);
+    sc.client("<presence><show>away</show></presence>");
+    let block = format!(
+        "<iq type='set' id='blk'><block xmlns='{NS_BLOCKING}'><item jid='stpeter@foo.com'/></block></iq>"
+    );
+    let mut out = Vec::new();
+    sc.p.from_client(&Bytes::from(block), ElementKind::Iq, 1, &mut out)
+        .unwrap();
+    let texts: Vec<String> = out
+        .iter()
+        .map(|a| match a {
+            Action::ToServer(b) | Action::ToClient(b) => String::from_utf8_lossy(b).into_owned(),
+        })
+        .collect();
+    assert_eq!(texts[0], "<presence type='unavailable'/>", "{texts:?}");
+    assert!(texts[1].contains("<block"), "{texts:?}");
+    assert!(texts[2].contains("<show>away</show>"), "{texts:?}");
+    // Visible: nothing to guard, the block passes alone.
+    let mut sc = Scene::standard();
+    sc.client("<presence/>");
+    let mut out = Vec::new();
+    sc.p.from_client(
+        &Bytes::from(format!(
+            "<iq type='set' id='blk'><block xmlns='{NS_BLOCKING}'><item jid='stpeter@foo.com'/></block></iq>"
+        )),
+        ElementKind::Iq,
+        1,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+}
