@@ -27,6 +27,7 @@ every_setup!(
     end_by_resume_timeout_tells_nobody,
     privacy_iqs_of_the_client_are_guarded,
     probe_and_block_while_invisible,
+    list_changed_by_another_resource,
 );
 
 fn presence_from(jid: &str) -> impl Fn(&Stanza) -> bool + Copy + '_ {
@@ -314,8 +315,9 @@ async fn end_by_resume_timeout_tells_nobody(setup: Setup) {
     let j = joe.jid.clone();
     assert!(joe.sm_id().is_some(), "resumable stream: {}", joe.dump());
     joe.drop_tcp();
-    // Past the server's hibernation: the session times out there.
-    tokio::time::sleep(Duration::from_secs(HIBERNATION_SECS + 3)).await;
+    // Past the server's hibernation: the session times out there (Prosody takes up to about
+    // twice its setting).
+    tokio::time::sleep(Duration::from_secs(2 * HIBERNATION_SECS + 4)).await;
     nobody_hears(&[&st], &[0], &j).await;
     // A late observer too.
     let pg = w.observer("pgmillard").await;
@@ -415,4 +417,69 @@ async fn probe_and_block_while_invisible(setup: Setup) {
         "blocking tells pgmillard nothing: {told:?}"
     );
     joe.close().await;
+}
+
+/// Another resource of the account replaces the proxy's list with one that allows everything
+/// (both servers apply that to the invisible session at once): the proxy sees the server's push
+/// and sets its list again before it lets the client's next stanza through.
+async fn list_changed_by_another_resource(setup: Setup) {
+    let w = world_with(setup).await;
+    let st = w.observer("stpeter").await;
+    let joe = w.joe(Opts::new("inv")).await;
+    let j = joe.jid.clone();
+    invisible(&joe, None).await;
+    let m = joe.mark();
+    joe.send("<presence/>").await;
+    server_holds_presence(&w, &joe, m).await;
+    // joe's other client, straight on the server.
+    let other = Client::connect(w.server.c2s_addr(), "joe", "joe-pw", Opts::new("desktop"))
+        .await
+        .expect("joe/desktop");
+    let names = other
+        .iq(
+            "<iq type='get' id='names'><query xmlns='jabber:iq:privacy'/></iq>",
+            "names",
+            T,
+        )
+        .await;
+    let ours = names
+        .raw
+        .split("name='")
+        .skip(1)
+        .filter_map(|s| s.split('\'').next())
+        .find(|n| n.starts_with("xmpp-veil-"))
+        .map(str::to_owned);
+    let Some(name) = ours else {
+        assert!(!w.setup.list, "a list of the proxy's exists: {}", names.raw);
+        joe.close().await;
+        return;
+    };
+    assert!(w.setup.list, "silent sessions make no list: {}", names.raw);
+    let r = other
+        .iq(
+            &format!(
+                "<iq type='set' id='open'><query xmlns='jabber:iq:privacy'><list name='{name}'>\
+                 <item action='allow' order='1'/></list></query></iq>"
+            ),
+            "open",
+            T,
+        )
+        .await;
+    assert_eq!(r.type_(), Some("result"), "{}", r.raw);
+    // The proxy has seen the push by the time joe changes his status.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    joe.send("<presence><show>away</show></presence>").await;
+    st.expect_none(
+        "any presence from the invisible resource",
+        QUIET,
+        presence_from(&j),
+    )
+    .await;
+    joe.close().await;
+    st.expect_none(
+        "any presence from the invisible resource",
+        QUIET,
+        presence_from(&j),
+    )
+    .await;
 }

@@ -77,7 +77,7 @@ impl Policy {
             Some("set") if self.roster.is_some() || self.uses_list() => {
                 let iq = Element::parse(raw, NS_CLIENT, &[])?;
                 if self.is_own_account(iq.attr("from")) {
-                    if privacy_list::own_list_push(&iq, out) {
+                    if privacy_list::own_list_push(self, &iq, out) {
                         return Ok(());
                     }
                     privacy_list::blocklist_push(self, &iq, out);

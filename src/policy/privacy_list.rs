@@ -79,6 +79,9 @@ pub(super) struct List {
     pending: Option<Pending>,
     /// Sequence number of the proxy's privacy IQs.
     seq: u32,
+    /// Pushes about this list that the proxy's own list updates will bring (the server pushes
+    /// every change to every resource); one beyond them is a change made elsewhere.
+    pushes_expected: u32,
 }
 
 /// Privacy IQs in flight and what waits for all of them to succeed.
@@ -188,6 +191,7 @@ fn start(p: &mut Policy, out: &mut Vec<Action>) {
         blocklist_id: Some(blocklist_id),
         pending: None,
         seq: 0,
+        pushes_expected: 0,
     });
 }
 
@@ -256,19 +260,33 @@ fn is_stale(p: &Policy, id: &str) -> bool {
 }
 
 /// A privacy-list push (XEP-0016 §2.6) about one of the proxy's lists: the proxy answers it,
-/// the client never sees it (true).
-pub(super) fn own_list_push(iq: &Element, out: &mut Vec<Action>) -> bool {
-    let ours = iq.child("query", NS_PRIVACY).is_some_and(|q| {
+/// the client never sees it (true). A push about this session's list that none of the proxy's
+/// updates explains is a change made by another resource of the account (both servers apply it
+/// to this session at once, and fail open): the list is sent and activated again, and the
+/// client's stanzas wait for it.
+pub(super) fn own_list_push(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> bool {
+    let Some(name) = iq.child("query", NS_PRIVACY).and_then(|q| {
         q.elements()
-            .any(|l| l.name == "list" && l.attr("name").is_some_and(|n| n.starts_with(LIST_PREFIX)))
-    });
-    if !ours {
+            .filter(|l| l.name == "list")
+            .find_map(|l| l.attr("name").filter(|n| n.starts_with(LIST_PREFIX)))
+    }) else {
         return false;
-    }
+    };
     out.push(Action::ToServer(Bytes::from(format!(
         "<iq type='result' id='{}'/>",
         escape(iq.attr("id").unwrap_or(""))
     ))));
+    if let State::List(list) = &mut p.list
+        && list.name == name
+    {
+        if list.pushes_expected > 0 {
+            list.pushes_expected -= 1;
+        } else if list.items.is_some() {
+            tracing::warn!("the proxy's privacy list was changed elsewhere; setting it again");
+            list.items = None;
+            list.active = false;
+        }
+    }
     true
 }
 
@@ -411,6 +429,9 @@ pub(super) fn sync(p: &mut Policy, before: Vec<Action>, after: Vec<Then>, out: &
 
 /// A privacy IQ of the proxy's, awaited before anything that depends on it.
 fn push_iq(list: &mut List, id_prefix: &str, query: &str, out: &mut Vec<Action>) {
+    if query.starts_with("<list") {
+        list.pushes_expected += 1;
+    }
     list.seq += 1;
     let id = format!("{id_prefix}-pl{}", list.seq);
     out.push(Action::ToServer(Bytes::from(format!(

@@ -817,6 +817,31 @@ fn pushes_about_the_proxys_list_are_answered_by_the_proxy() {
         panic!("answered to the server: {out:?}");
     };
     assert_eq!(&answer[..], b"<iq type='result' id='push9'/>");
+    // That push was the server's echo of the proxy's own update. One more is a change made by
+    // another resource: the list is set and activated again, and the client waits for it.
+    let mut out = Vec::new();
+    let foreign = format!(
+        "<iq type='set' id='push11' from='{ME}'><query xmlns='{NS_PRIVACY}'><list name='{name}'/></query></iq>"
+    );
+    sc.p.from_server(&Bytes::from(foreign), ElementKind::Iq, &mut out)
+        .unwrap();
+    let texts: Vec<String> = out
+        .iter()
+        .map(|a| match a {
+            Action::ToServer(b) | Action::ToClient(b) => String::from_utf8_lossy(b).into_owned(),
+        })
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("<list name=") && t.contains("<item")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("<active name=")),
+        "{texts:?}"
+    );
+    assert!(sc.p.awaits_server());
     // A push about a list of the user's own reaches the client.
     let mut out = Vec::new();
     let push = format!(
