@@ -513,7 +513,9 @@ where
                     "authentication took too long".into(),
                 )),
                 request = takeover_request(&mut self.takeover) => Err(End::TakenOver(request)),
-                r = read_into(&mut self.client, self.cf.buffer_mut()) => match r {
+                // While the client's stanzas wait (see `client_frames`), nothing more is read
+                // from it: its bytes wait in the socket, not in the proxy's memory.
+                r = read_into(&mut self.client, self.cf.buffer_mut()), if !self.client_waits() => match r {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(n) => {
                         self.counters.bytes(BYTES_C2S, n);
@@ -556,16 +558,20 @@ where
         }
     }
 
+    /// The client's stanzas wait for the server: a resumption, or a privacy list, is open.
+    fn client_waits(&self) -> bool {
+        self.resume_request.is_some()
+            || self.pending_resume.is_some()
+            || self.policy.awaits_server()
+    }
+
     /// Handles every complete frame from the client.
     fn client_frames(&mut self) -> Result<(), End> {
         // While a resumption is open, the client's next stanzas belong to the resumed session:
         // they wait until the server has answered (and the resumed policy is in place).
         // So do they while the policy waits for the server to confirm a privacy list: the next
         // stanza may be one that must not go out before the list is in force.
-        while self.resume_request.is_none()
-            && self.pending_resume.is_none()
-            && !self.policy.awaits_server()
-        {
+        while !self.client_waits() {
             let frame = match self.cf.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
