@@ -9,6 +9,7 @@
 //! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell.
 
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod resume;

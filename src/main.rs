@@ -2,6 +2,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use xmpp_veil::config::Config;
+use xmpp_veil::health::Health;
 use xmpp_veil::server::Proxy;
 
 #[tokio::main]
@@ -12,7 +13,12 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let config = Config::parse();
-    if let Err(e) = xmpp_veil::metrics::install(config.metrics_listen) {
+    let health = Health::new(&config.upstream);
+    let served = match xmpp_veil::metrics::install() {
+        Ok(handle) => xmpp_veil::health::serve(config.metrics_listen, handle, health.clone()).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = served {
         tracing::error!("{e}");
         return std::process::ExitCode::FAILURE;
     }
@@ -23,8 +29,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    health.set_listening();
     tracing::info!(upstream = %config.upstream, mode = ?config.upstream_tls, "xmpp-veil running");
     wait_for_signal().await;
+    health.set_draining();
     proxy.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
