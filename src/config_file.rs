@@ -235,3 +235,35 @@ mod tests {
         assert_eq!(c.upstream, "from-file:1");
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/xmpp-veil.toml");
+
+    #[test]
+    fn the_example_parses_and_mentions_every_flag() {
+        let c = parse_from(["xmpp-veil", "--config", EXAMPLE]).expect("examples/xmpp-veil.toml");
+        assert_eq!(c.upstream, "127.0.0.1:5222");
+        assert_eq!(c.cert.len(), c.key.len());
+        // Every flag is documented in it (set or commented out), so the file cannot drift.
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let missing: Vec<String> = Config::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "config" && *l != "help" && *l != "version")
+            .filter(|l| {
+                !text.lines().any(|line| {
+                    line.trim_start_matches("# ")
+                        .starts_with(&format!("{l} = "))
+                })
+            })
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "flags not in examples/xmpp-veil.toml: {missing:?}"
+        );
+    }
+}
