@@ -596,3 +596,54 @@ async fn check_reports_certificates_and_the_upstream_features() {
         }
     }
 }
+
+// ---- Grafana dashboard ----------------------------------------------------------------------
+
+#[test]
+fn the_dashboard_queries_only_documented_metrics_and_covers_them() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    exprs.push(
+        dash["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let documented = documented_metrics();
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        // Every identifier that starts with the prefix is a metric name.
+        for (i, _) in expr.match_indices("xmpp_veil_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| documented.iter().any(|d| d == b))
+                .unwrap_or(&name)
+                .to_owned();
+            assert!(
+                documented.contains(&base),
+                "{name} in the dashboard is not in the README's metrics table ({expr})"
+            );
+            used.insert(base);
+        }
+    }
+    let unused: Vec<_> = documented.iter().filter(|d| !used.contains(*d)).collect();
+    assert!(
+        unused.is_empty(),
+        "documented metrics without a panel: {unused:?}"
+    );
+}
