@@ -16,7 +16,12 @@ async fn main() -> ExitCode {
         .init();
     let config = match config_file::parse() {
         Ok(c) => c,
-        Err(Error::Clap(e)) => e.exit(),
+        Err(Error::Clap(e)) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(Error::Clap(e)) => {
+            // Exit status 1 (not clap's 2), as `check` promises: 0 fine, 1 anything wrong.
+            let _ = e.print();
+            return ExitCode::FAILURE;
+        }
         Err(Error::File(e)) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
