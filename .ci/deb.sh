@@ -13,6 +13,6 @@ cargo build --release --locked --bin xmpp-veil
 mkdir -p target/deb-doc
 target/release/xmpp-veil --help > target/deb-doc/xmpp-veil.help.txt
 target/release/xmpp-veil check --help > target/deb-doc/xmpp-veil-check.help.txt
-cargo deb --no-build --locked
+cargo deb --no-build --locked --strip
 echo "release build + cargo deb: $(( $(date +%s) - start )) s"
 ls -l target/debian/*.deb
