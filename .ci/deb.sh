@@ -3,6 +3,13 @@
 # systemd unit, the example configuration, README, dashboard and the --help text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# cargo-deb computes the package's dependencies (depends = "$auto") with dpkg-shlibdeps.
+if ! command -v dpkg-shlibdeps >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends dpkg-dev
+fi
 if ! cargo deb --version >/dev/null 2>&1; then
   start=$(date +%s)
   cargo install cargo-deb --locked
