@@ -12,6 +12,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, crypto::CryptoProvider};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::config::Config;
 use crate::metrics as m;
 
@@ -296,6 +298,29 @@ impl CertStore {
                 }
             }
         });
+    }
+}
+
+/// The client leg's TLS acceptor: the certificate generation current at each handshake.
+#[derive(Clone)]
+pub struct Acceptor(pub Arc<CertStore>);
+
+impl Acceptor {
+    /// TLS handshake; the certificate is chosen by SNI, else by `domain` (the stream's `to` on a
+    /// STARTTLS port), else the first one.
+    pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: IO,
+        domain: Option<&str>,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<IO>> {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let generation = self.0.current();
+        let config = match (start.client_hello().server_name(), domain) {
+            (None, Some(domain)) => generation.config_for(domain),
+            _ => generation.default_config(),
+        };
+        start.into_stream(config).await
     }
 }
 

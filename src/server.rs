@@ -9,12 +9,12 @@ use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::certs::Acceptor;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::resume::ResumeStore;
@@ -40,28 +40,6 @@ pub struct Proxy {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
-}
-
-/// The client leg's TLS: the certificate generation current at each handshake.
-#[derive(Clone)]
-struct Acceptor(Arc<crate::certs::CertStore>);
-
-impl Acceptor {
-    /// TLS handshake; the certificate is chosen by SNI, else by `domain` (the stream's `to` on a
-    /// STARTTLS port), else the first one.
-    async fn accept(
-        &self,
-        tcp: TcpStream,
-        domain: Option<&str>,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let generation = self.0.current();
-        let config = match (start.client_hello().server_name(), domain) {
-            (None, Some(domain)) => generation.config_for(domain),
-            _ => generation.default_config(),
-        };
-        start.into_stream(config).await
-    }
 }
 
 impl Proxy {
