@@ -525,6 +525,26 @@ async fn check_reports_certificates_and_the_upstream_features() {
     assert!(out.contains("configuration OK"), "{out}");
     assert!(!out.contains("error:"), "{out}");
 
+    // The file named by the environment instead of the flag; a flag (before `check`: only
+    // --config may follow it) overrides a key of it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-veil"))
+        .env("XMPP_VEIL_CONFIG", &good)
+        .env("RUST_LOG", "off")
+        .args([
+            "--upstream",
+            &format!("127.0.0.1:{}", common::servers::free_port()),
+            "check",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("good.toml read"), "{text}");
+    assert!(
+        text.contains("connect 127.0.0.1:"),
+        "the flag's upstream is used: {text}"
+    );
+
     // STARTTLS to the same server, its certificate checked against the dev CA.
     let tls = write(
         "tls.toml",
