@@ -38,6 +38,13 @@ impl From<InvisibilityStrategy> for crate::policy::Strategy {
     }
 }
 
+/// Subcommands; without one, the proxy runs.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check the configuration, the certificates and the upstream, then exit 0 (fine) or 1.
+    Check,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "xmpp-veil",
@@ -45,6 +52,14 @@ impl From<InvisibilityStrategy> for crate::policy::Strategy {
     about = "Transparent XMPP proxy that adds invisible mode (XEP-0186, XEP-0018) to a server that lacks it"
 )]
 pub struct Config {
+    /// TOML configuration file: every flag's long name is a key (`upstream-tls = "plain"`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "XMPP_VEIL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Client port with STARTTLS (repeatable).
     #[arg(
         long = "listen",
@@ -84,13 +99,15 @@ pub struct Config {
     #[arg(long, env = "XMPP_VEIL_UPSTREAM_INSECURE")]
     pub upstream_insecure: bool,
 
-    /// The proxy's PEM certificate chain (default: the development pair in certs/, with a warning).
-    #[arg(long, env = "XMPP_VEIL_CERT", requires = "key")]
-    pub cert: Option<PathBuf>,
+    /// The proxy's PEM certificate chain (default: the development pair in certs/, with a
+    /// warning). Repeatable, one per domain, each with its --key in the same order; chosen by
+    /// SNI (or the stream's `to`), the first one for other names.
+    #[arg(long, env = "XMPP_VEIL_CERT", value_delimiter = ',', requires = "key")]
+    pub cert: Vec<PathBuf>,
 
-    /// The proxy's PEM private key.
-    #[arg(long, env = "XMPP_VEIL_KEY", requires = "cert")]
-    pub key: Option<PathBuf>,
+    /// The proxy's PEM private key (repeatable, one per --cert).
+    #[arg(long, env = "XMPP_VEIL_KEY", value_delimiter = ',', requires = "cert")]
+    pub key: Vec<PathBuf>,
 
     /// Prometheus endpoint (GET /metrics).
     #[arg(
@@ -209,7 +226,7 @@ mod tests {
         );
         assert_eq!(c.max_stanza_size, 262_144);
         assert_eq!(c.upstream_host(), "xmpp.example.org");
-        assert!(c.cert.is_none() && !c.upstream_insecure);
+        assert!(c.cert.is_empty() && !c.upstream_insecure);
         assert_eq!(c.invisibility_strategy, InvisibilityStrategy::Auto);
     }
 

@@ -8,7 +8,11 @@
 //! - [`session`]: the pump that joins the two legs through the policy;
 //! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell.
 
+pub mod certs;
+pub mod check;
 pub mod config;
+pub mod config_file;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod resume;

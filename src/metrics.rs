@@ -1,8 +1,6 @@
 //! Metric names (a contract: dashboards and scripts use them exactly) and the Prometheus endpoint.
 
-use std::net::SocketAddr;
-
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS_TOTAL: &str = "xmpp_veil_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "xmpp_veil_connections_active";
@@ -30,10 +28,45 @@ pub const CONNECTIONS_REFUSED: &str = "xmpp_veil_connections_refused_total";
 pub const SM_RESUMPTIONS: &str = "xmpp_veil_sm_resumptions_total";
 pub const SM_SESSIONS: &str = "xmpp_veil_sm_sessions";
 
-/// Installs the global recorder and serves `GET /metrics` on `addr` (needs a Tokio runtime).
-pub fn install(addr: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Certificate expiry, Unix time in seconds. Label: `domain` (one series per configured name).
+pub const CERTIFICATE_EXPIRY_SECONDS: &str = "xmpp_veil_certificate_expiry_seconds";
+/// Certificate (re)loads. Label: `result` = `ok` | `failed` (a failed reload keeps the old one).
+pub const CERTIFICATE_RELOADS: &str = "xmpp_veil_certificate_reloads_total";
+
+/// RFC 6120 §4.9.3 stream error conditions: each `xmpp_veil_stream_errors_total` series exists
+/// from the start.
+pub const STREAM_ERROR_CONDITIONS: &[&str] = &[
+    "bad-format",
+    "bad-namespace-prefix",
+    "conflict",
+    "connection-timeout",
+    "host-gone",
+    "host-unknown",
+    "improper-addressing",
+    "internal-server-error",
+    "invalid-from",
+    "invalid-namespace",
+    "invalid-xml",
+    "not-authorized",
+    "not-well-formed",
+    "policy-violation",
+    "remote-connection-failed",
+    "reset",
+    "resource-constraint",
+    "restricted-xml",
+    "see-other-host",
+    "system-shutdown",
+    "undefined-condition",
+    "unsupported-encoding",
+    "unsupported-feature",
+    "unsupported-stanza-type",
+    "unsupported-version",
+];
+
+/// Installs the global recorder, registers every documented series at zero, and returns the
+/// handle that renders the Prometheus text (served by [`crate::health`]).
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(UPSTREAM_CONNECT_SECONDS.to_owned()),
             &[
@@ -41,10 +74,54 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             ],
         )
         .map_err(|e| e.to_string())?
-        .install()
-        .map_err(|e| format!("metrics endpoint on {addr}: {e}"))?;
+        .install_recorder()
+        .map_err(|e| format!("metrics recorder: {e}"))?;
     describe();
-    Ok(())
+    register_all();
+    Ok(handle)
+}
+
+/// Every documented series with its known label values, at zero, so that a fresh or quiet proxy
+/// exports them all (dashboards and alerts see 0, not "no data").
+pub fn register_all() {
+    use metrics::{counter, gauge, histogram};
+    for name in [
+        CONNECTIONS_TOTAL,
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        PRESENCE_SUPPRESSED,
+        SESSION_PANICS,
+        CONNECTIONS_REFUSED,
+        PRIVACY_LIST_FAILURES,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for strategy in ["privacy_list", "silent"] {
+        gauge!(INVISIBLE_SESSIONS_BY_STRATEGY, "strategy" => strategy).increment(0.0);
+    }
+    for name in [CONNECTIONS_ACTIVE, INVISIBLE_SESSIONS, SM_SESSIONS] {
+        gauge!(name).increment(0.0);
+    }
+    for direction in ["c2s", "s2c"] {
+        counter!(BYTES_TOTAL, "direction" => direction).absolute(0);
+        for kind in ["message", "presence", "iq", "other"] {
+            counter!(STANZAS_TOTAL, "direction" => direction, "kind" => kind).absolute(0);
+        }
+    }
+    for condition in STREAM_ERROR_CONDITIONS {
+        counter!(STREAM_ERRORS_TOTAL, "condition" => *condition).absolute(0);
+    }
+    for protocol in ["xep0186", "xep0018"] {
+        for command in ["invisible", "visible"] {
+            counter!(INVISIBILITY_COMMANDS, "protocol" => protocol, "command" => command)
+                .absolute(0);
+        }
+    }
+    for result in ["ok", "failed"] {
+        counter!(SM_RESUMPTIONS, "result" => result).absolute(0);
+        counter!(CERTIFICATE_RELOADS, "result" => result).absolute(0);
+    }
+    // A histogram is rendered once it has a handle; its buckets start at zero.
+    let _ = histogram!(UPSTREAM_CONNECT_SECONDS);
 }
 
 fn describe() {
@@ -79,5 +156,34 @@ fn describe() {
     describe_counter!(
         INVISIBILITY_COMMANDS,
         "Invisibility commands received, by protocol and command"
+    );
+    describe_gauge!(
+        SM_SESSIONS,
+        "Stream-managed sessions held, live and awaiting resumption"
+    );
+    describe_counter!(
+        SESSION_PANICS,
+        "Session tasks that panicked (the session ended)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused at --max-connections"
+    );
+    describe_counter!(SM_RESUMPTIONS, "Stream-management resumptions, by result");
+    describe_gauge!(
+        INVISIBLE_SESSIONS_BY_STRATEGY,
+        "Sessions hidden from at least one contact, by how they are hidden"
+    );
+    describe_counter!(
+        PRIVACY_LIST_FAILURES,
+        "Privacy-list IQs of the proxy's refused by the server (the session falls back to silent)"
+    );
+    describe_gauge!(
+        CERTIFICATE_EXPIRY_SECONDS,
+        "Expiry (notAfter) of the certificate served for each domain, Unix time"
+    );
+    describe_counter!(
+        CERTIFICATE_RELOADS,
+        "Certificate loads and reloads, by result (a failed reload keeps the old certificate)"
     );
 }

@@ -9,12 +9,12 @@ use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::certs::Acceptor;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::resume::ResumeStore;
@@ -35,6 +35,8 @@ pub enum ListenerKind {
 pub struct Proxy {
     pub starttls_addrs: Vec<SocketAddr>,
     pub direct_tls_addrs: Vec<SocketAddr>,
+    /// The certificates served: reload them with [`crate::certs::CertStore::reload`].
+    pub certs: Arc<crate::certs::CertStore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     shutdown_timeout: Duration,
@@ -43,7 +45,7 @@ pub struct Proxy {
 impl Proxy {
     /// Binds every listener and starts accepting. Fails if any address cannot be bound.
     pub async fn start(config: &Config) -> Result<Proxy, String> {
-        let server_tls = crate::tls::server_config(config)?;
+        let certs = crate::certs::CertStore::load(config)?;
         let client_tls = crate::tls::client_config(config)?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -61,12 +63,13 @@ impl Proxy {
             resume: ResumeStore::default(),
             strategy: config.invisibility_strategy.into(),
         });
-        let acceptor = TlsAcceptor::from(server_tls);
+        let acceptor = Acceptor(certs.clone());
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections as usize));
         let mut proxy = Proxy {
             starttls_addrs: Vec::new(),
             direct_tls_addrs: Vec::new(),
+            certs,
             shutdown,
             tracker,
             shutdown_timeout: config.shutdown_timeout(),
@@ -122,7 +125,7 @@ impl Proxy {
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
@@ -177,7 +180,7 @@ async fn accept_loop(
 
 /// Over --max-connections: the client is told `resource-constraint` (after TLS on a direct-TLS
 /// port, so that it can read it) instead of a silent close.
-async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: TlsAcceptor) {
+async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Acceptor) {
     use tokio::io::AsyncWriteExt;
     metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
     metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "resource-constraint").increment(1);
@@ -194,7 +197,7 @@ async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Tls
                 let _ = tcp.shutdown().await;
             }
             ListenerKind::DirectTls => {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                if let Ok(mut tls) = acceptor.accept(tcp, None).await {
                     let _ = tls.write_all(&refusal).await;
                     let _ = tls.shutdown().await;
                 }
@@ -207,7 +210,7 @@ async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Tls
 async fn connection(
     tcp: TcpStream,
     kind: ListenerKind,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     conn_id: u64,
     shared: Arc<Shared>,
 ) {
@@ -231,7 +234,7 @@ async fn connection(
 async fn handshake(
     mut tcp: TcpStream,
     kind: ListenerKind,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     conn_id: u64,
     shared: &Shared,
     auth_deadline: Instant,
@@ -239,18 +242,22 @@ async fn handshake(
     let _ = tcp.set_nodelay(true);
     tracing::debug!(?kind, "accepted");
     let handshake = async {
+        let mut domain = None;
         if kind == ListenerKind::Starttls {
             let id = format!("xv-{conn_id:x}");
-            if let Err(refused) = negotiate_starttls(&mut tcp, shared.limits, &id).await {
-                if refused.condition != "connection-closed" {
-                    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => refused.condition)
-                        .increment(1);
+            match negotiate_starttls(&mut tcp, shared.limits, &id).await {
+                Ok(to) => domain = Some(to),
+                Err(refused) => {
+                    if refused.condition != "connection-closed" {
+                        metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => refused.condition)
+                            .increment(1);
+                    }
+                    tracing::info!(condition = refused.condition, reason = %refused.reason, "refused before TLS");
+                    return None;
                 }
-                tracing::info!(condition = refused.condition, reason = %refused.reason, "refused before TLS");
-                return None;
             }
         }
-        match acceptor.accept(tcp).await {
+        match acceptor.accept(tcp, domain.as_deref()).await {
             Ok(tls) => Some(Box::new(tls)),
             Err(e) => {
                 metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);

@@ -13,32 +13,13 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use crate::config::Config;
 
 /// The development pair from `certs/`, built in so that the default works from any directory.
-const DEV_CERT: &[u8] = include_bytes!("../certs/localhost.pem");
-const DEV_KEY: &[u8] = include_bytes!("../certs/localhost.key");
+pub(crate) const DEV_CERT: &[u8] = include_bytes!("../certs/localhost.pem");
+pub(crate) const DEV_KEY: &[u8] = include_bytes!("../certs/localhost.key");
 
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
-}
-
-/// The client-facing TLS configuration.
-pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, String> {
-    match (&config.cert, &config.key) {
-        (Some(cert), Some(key)) => server_config_from_files(cert, key),
-        _ => {
-            tracing::warn!(
-                "no --cert/--key given: using the DEVELOPMENT certificate for localhost from certs/; \
-                 its private key is public, never use it in production"
-            );
-            let certs = CertificateDer::pem_slice_iter(DEV_CERT)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("built-in dev certificate: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(DEV_KEY)
-                .map_err(|e| format!("built-in dev key: {e}"))?;
-            build_server_config(certs, key)
-        }
-    }
 }
 
 /// A client-facing TLS configuration from PEM files (the benchmark's TLS endpoints use it too).
