@@ -17,6 +17,36 @@ pub enum UpstreamTls {
     Direct,
 }
 
+/// PROXY protocol header the proxy sends to the upstream before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolOut {
+    Off,
+    /// Text header (`PROXY TCP4 …`).
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// PROXY protocol header expected from the peer on the client listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolIn {
+    /// No header is read; the TCP peer is the client.
+    Off,
+    /// A trusted source may send a header (v1 or v2); without one, it is the client itself.
+    /// Others connect as clients, and are refused if they send a header.
+    Optional,
+    /// Only trusted sources may connect, and each connection starts with a header.
+    Required,
+}
+
+/// An IP network `ADDR/PREFIX`, or one address.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a network (ADDR/PREFIX)"))
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "xmpp-veil",
@@ -116,6 +146,57 @@ pub struct Config {
     /// Time allowed for graceful shutdown before remaining sessions are cut, in seconds.
     #[arg(long, env = "XMPP_VEIL_SHUTDOWN_TIMEOUT", default_value_t = 5.0)]
     pub shutdown_timeout: f64,
+
+    // Network edge: PROXY protocol, client addresses, per-IP limits (see proxy_protocol.rs,
+    // limits.rs).
+    /// PROXY protocol header sent to the upstream, so that the server sees the client's address.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_UPSTREAM_PROXY_PROTOCOL",
+        value_enum,
+        default_value = "off"
+    )]
+    pub upstream_proxy_protocol: ProxyProtocolOut,
+
+    /// PROXY protocol header from a load balancer in front of the client listeners.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_PROXY_PROTOCOL_IN",
+        value_enum,
+        default_value = "off"
+    )]
+    pub proxy_protocol_in: ProxyProtocolIn,
+
+    /// Networks allowed to send a PROXY protocol header, ADDR/PREFIX or ADDR (repeatable).
+    #[arg(long, env = "XMPP_VEIL_PROXY_PROTOCOL_TRUSTED", value_delimiter = ',', value_parser = parse_net)]
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+
+    /// Keep client addresses out of the logs.
+    #[arg(long, env = "XMPP_VEIL_HIDE_CLIENT_ADDRESSES")]
+    pub hide_client_addresses: bool,
+
+    /// Most connections open at once from one client IP (IPv6: one /64); 0: no limit.
+    #[arg(long, env = "XMPP_VEIL_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub max_connections_per_ip: u32,
+
+    /// Most new connections per minute from one client IP (IPv6: one /64), as a burst that
+    /// refills evenly over the minute; 0: no limit.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_MAX_CONNECTION_RATE_PER_IP",
+        default_value_t = 60
+    )]
+    pub max_connection_rate_per_ip: u32,
+
+    /// Client networks not subject to the per-IP limits (repeatable).
+    #[arg(
+        long,
+        env = "XMPP_VEIL_PER_IP_EXEMPT",
+        value_delimiter = ',',
+        value_parser = parse_net,
+        default_value = "127.0.0.1,::1"
+    )]
+    pub per_ip_exempt: Vec<ipnet::IpNet>,
 }
 
 impl Config {

@@ -24,6 +24,10 @@ pub const CONNECTIONS_REFUSED: &str = "xmpp_veil_connections_refused_total";
 /// Label: `result` = `ok` | `failed`.
 pub const SM_RESUMPTIONS: &str = "xmpp_veil_sm_resumptions_total";
 pub const SM_SESSIONS: &str = "xmpp_veil_sm_sessions";
+/// Label: `limit` = `concurrent` | `rate`.
+pub const PER_IP_REFUSED: &str = "xmpp_veil_per_ip_refused_total";
+/// Label: `reason` = `untrusted` | `missing` | `invalid`.
+pub const PROXY_PROTOCOL_REFUSED: &str = "xmpp_veil_proxy_protocol_refused_total";
 
 /// Installs the global recorder and serves `GET /metrics` on `addr` (needs a Tokio runtime).
 pub fn install(addr: SocketAddr) -> Result<(), String> {
@@ -74,5 +78,13 @@ fn describe() {
     describe_counter!(
         INVISIBILITY_COMMANDS,
         "Invisibility commands received, by protocol and command"
+    );
+    describe_counter!(
+        PER_IP_REFUSED,
+        "Client connections refused by a per-IP limit, by limit"
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_REFUSED,
+        "Connections refused for their PROXY protocol header (or its absence), by reason"
     );
 }
