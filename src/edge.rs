@@ -71,6 +71,10 @@ impl Edge {
                     _ => proxy_protocol::InRefusal::Invalid,
                 };
                 self.record(&Span::current(), proxy_protocol::normalise(peer), None);
+                if reason == proxy_protocol::InRefusal::Closed {
+                    tracing::debug!("closed before sending anything");
+                    return Err(Turned::Dropped);
+                }
                 metrics::counter!(m::PROXY_PROTOCOL_REFUSED, "reason" => reason.label())
                     .increment(1);
                 tracing::info!(

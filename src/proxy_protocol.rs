@@ -61,6 +61,8 @@ pub enum InRefusal {
     Missing,
     /// A header that does not parse (or did not arrive in time).
     Invalid,
+    /// Closed before sending a byte (a TCP health check): not counted.
+    Closed,
 }
 
 impl InRefusal {
@@ -69,6 +71,7 @@ impl InRefusal {
             InRefusal::Untrusted => "untrusted",
             InRefusal::Missing => "missing",
             InRefusal::Invalid => "invalid",
+            InRefusal::Closed => "closed",
         }
     }
 }
@@ -100,7 +103,7 @@ pub async fn accept(
         Ok(Some(raw)) => raw,
         Ok(None) if mode == ProxyProtocolIn::Optional => return Ok(direct),
         Ok(None) => return Err(InRefusal::Missing),
-        Err(()) => return Err(InRefusal::Invalid),
+        Err(e) => return Err(e),
     };
     if !is_trusted {
         // A client that sends its own header is trying to choose the address the proxy logs,
@@ -121,13 +124,19 @@ pub async fn accept(
 
 /// Reads one header off the socket if the connection starts with one: `Ok(None)` when the first
 /// byte cannot start a header (TLS starts with 0x16, XMPP with `<`), `Err` on a broken one.
-async fn read_header(tcp: &mut TcpStream) -> Result<Option<Vec<u8>>, ()> {
+async fn read_header(tcp: &mut TcpStream) -> Result<Option<Vec<u8>>, InRefusal> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(1) => {}
-        _ => return Err(()),
+        _ => return Err(InRefusal::Closed),
     }
-    match first[0] {
+    read_rest(tcp, first[0])
+        .await
+        .map_err(|()| InRefusal::Invalid)
+}
+
+async fn read_rest(tcp: &mut TcpStream, first: u8) -> Result<Option<Vec<u8>>, ()> {
+    match first {
         b'P' => {
             let mut raw = vec![0u8; V1_MIN];
             tcp.read_exact(&mut raw).await.map_err(drop)?;

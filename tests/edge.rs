@@ -380,3 +380,81 @@ async fn per_ip_rate_limit() {
     .await
     .expect("another address");
 }
+
+/// Each session's log lines carry the client's address (from the PROXY header when a trusted
+/// load balancer sent one, with the balancer as `via`); `--hide-client-addresses` keeps every
+/// address out of the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_addresses_in_the_logs_or_not() {
+    // An upstream that refuses connections: the session logs a warning in its span.
+    let closed = common::servers::free_port().to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |name: &'static str, hide: bool| {
+        let log = dir.path().join(name);
+        let closed = closed.clone();
+        async move {
+            let mut envs = vec![
+                ("XMPP_VEIL_UPSTREAM", format!("127.0.0.1:{closed}")),
+                ("XMPP_VEIL_UPSTREAM_TLS", "plain".to_owned()),
+                ("XMPP_VEIL_PROXY_PROTOCOL_IN", "optional".to_owned()),
+                ("XMPP_VEIL_PROXY_PROTOCOL_TRUSTED", "127.0.0.2".to_owned()),
+                ("RUST_LOG", "xmpp_veil=debug".to_owned()),
+            ];
+            if hide {
+                envs.push(("XMPP_VEIL_HIDE_CLIENT_ADDRESSES", "true".to_owned()));
+            }
+            let proxy = common::binary::Binary::start_with_log(&[], &envs, Some(&log)).await;
+            // A client of its own, and one behind the load balancer.
+            let direct = Client::connect(
+                proxy.starttls,
+                "joe",
+                "joe-pw",
+                Opts::new("a").source("127.0.0.3"),
+            )
+            .await
+            .err()
+            .expect("the upstream is down");
+            assert!(direct.contains("remote-connection-failed"), "{direct}");
+            let behind = Client::connect(
+                proxy.starttls,
+                "joe",
+                "joe-pw",
+                Opts::new("b")
+                    .source("127.0.0.2")
+                    .preamble(b"PROXY TCP4 127.0.0.7 127.0.0.1 40000 5222\r\n"),
+            )
+            .await
+            .err()
+            .expect("the upstream is down");
+            assert!(behind.contains("remote-connection-failed"), "{behind}");
+            drop(proxy);
+            std::fs::read_to_string(&log).expect("log")
+        }
+    };
+    let shown = run("shown.log", false).await;
+    let unavailable: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.contains("upstream unavailable"))
+        .collect();
+    assert_eq!(unavailable.len(), 2, "{shown}");
+    assert!(
+        unavailable.iter().any(|l| l.contains("client=127.0.0.3:")),
+        "{shown}"
+    );
+    assert!(
+        unavailable
+            .iter()
+            .any(|l| l.contains("client=127.0.0.7:40000") && l.contains("via=127.0.0.2:")),
+        "{shown}"
+    );
+    // Every line of a session (they all carry its span) names its client.
+    for l in shown.lines().filter(|l| l.contains("conn{")) {
+        assert!(l.contains("client=127.0.0."), "{l}");
+    }
+
+    let hidden = run("hidden.log", true).await;
+    assert!(hidden.contains("upstream unavailable"), "{hidden}");
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.7"] {
+        assert!(!hidden.contains(ip), "{ip} in the log:\n{hidden}");
+    }
+}
