@@ -282,6 +282,78 @@ mod tests {
     }
 
     #[test]
+    fn edge_flags() {
+        let c = Config::try_parse_from(["xmpp-veil", "--upstream", "h:1"]).unwrap();
+        assert_eq!(c.upstream_proxy_protocol, ProxyProtocolOut::Off);
+        assert_eq!(c.proxy_protocol_in, ProxyProtocolIn::Off);
+        assert!(c.proxy_protocol_trusted.is_empty() && !c.hide_client_addresses);
+        assert_eq!(
+            (c.max_connections_per_ip, c.max_connection_rate_per_ip),
+            (100, 60)
+        );
+        assert_eq!(
+            c.per_ip_exempt,
+            vec![
+                "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        let c = Config::try_parse_from([
+            "xmpp-veil",
+            "--upstream",
+            "h:1",
+            "--upstream-proxy-protocol",
+            "v2",
+            "--proxy-protocol-in",
+            "required",
+            "--proxy-protocol-trusted",
+            "10.1.2.3/8,2001:db8::1",
+            "--proxy-protocol-trusted",
+            "192.0.2.10",
+        ])
+        .unwrap();
+        assert_eq!(c.upstream_proxy_protocol, ProxyProtocolOut::V2);
+        assert_eq!(
+            c.proxy_protocol_trusted,
+            ["10.0.0.0/8", "2001:db8::1/128", "192.0.2.10/32"]
+                .map(|n| n.parse::<ipnet::IpNet>().unwrap())
+        );
+        assert!(
+            Config::try_parse_from([
+                "xmpp-veil",
+                "--upstream",
+                "h:1",
+                "--proxy-protocol-trusted",
+                "example.org"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "xmpp-veil",
+                "--upstream",
+                "h:1",
+                "--upstream-proxy-protocol",
+                "v3"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_in_needs_trusted_networks() {
+        let c = Config::try_parse_from([
+            "xmpp-veil",
+            "--upstream",
+            "h:1",
+            "--proxy-protocol-in",
+            "optional",
+        ])
+        .unwrap();
+        assert!(crate::edge::Edge::new(&c).is_err());
+    }
+
+    #[test]
     fn cert_needs_key() {
         assert!(
             Config::try_parse_from(["xmpp-veil", "--upstream", "h:1", "--cert", "c.pem"]).is_err()
