@@ -105,8 +105,22 @@ impl Edge {
         }
     }
 
-    /// For the refusal at the global connection cap, before any header is read.
-    pub fn record_peer(&self, span: &Span, peer: SocketAddr) {
-        self.record(span, proxy_protocol::normalise(peer), None);
+    /// For the refusal at the global connection cap: the PROXY header (if this listener takes
+    /// one) is read off first, so that the refusal that follows reaches the client intact;
+    /// `false` if the connection is to be dropped instead.
+    pub async fn before_refusal(&self, tcp: &mut TcpStream, peer: SocketAddr) -> bool {
+        let Ok(local) = tcp.local_addr() else {
+            return false;
+        };
+        match proxy_protocol::accept(tcp, self.proxy_in, &self.trusted, peer, local).await {
+            Ok(endpoints) => {
+                self.record(&Span::current(), endpoints.client, endpoints.via);
+                true
+            }
+            Err(_) => {
+                self.record(&Span::current(), proxy_protocol::normalise(peer), None);
+                false
+            }
+        }
     }
 }

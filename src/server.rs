@@ -157,17 +157,26 @@ async fn accept_loop(
         );
         let acceptor = acceptor.clone();
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            edge.record_peer(&span, peer);
             metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-            tracing::warn!(parent: &span, "connection refused: --max-connections reached");
+            let edge = edge.clone();
+            let mut tcp = tcp;
             tracker.spawn(
-                refuse(
-                    tcp,
-                    kind,
-                    acceptor,
-                    "resource-constraint",
-                    "too many connections; try again later",
-                )
+                async move {
+                    let header =
+                        tokio::time::timeout(REFUSAL_TIMEOUT, edge.before_refusal(&mut tcp, peer));
+                    let proceed = header.await.unwrap_or(false);
+                    tracing::warn!("connection refused: --max-connections reached");
+                    if proceed {
+                        refuse(
+                            tcp,
+                            kind,
+                            acceptor,
+                            "resource-constraint",
+                            "too many connections; try again later",
+                        )
+                        .await;
+                    }
+                }
                 .instrument(span),
             );
             continue;

@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(10);
 fn ejabberd_with_proxy_port() -> Server {
     Server::start_proxy_protocol(ServerOpts {
         kind: Kind::Ejabberd,
-        users: vec![("joe", "joe-pw"), ("bob", "bob-pw")],
+        users: vec![("joe", "joe-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")],
         require_tls: false,
     })
 }
@@ -246,6 +246,69 @@ async fn proxy_protocol_in_is_what_the_server_sees() {
     drop((joe, bob, joe2, joe3));
 }
 
+/// Addresses from a load balancer's header in the other family than the listener's: an IPv6
+/// client reaches ejabberd as itself (the header's destination follows the client's family), an
+/// IPv4-mapped one as IPv4, and the per-IP limit groups IPv6 clients by /64. (The IPv6 addresses
+/// are only written in headers: every connection is on loopback.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_mapped_clients_behind_a_load_balancer() {
+    let server = ejabberd_with_proxy_port();
+    let p = proxy::start(
+        server.proxy_addr(),
+        "plain",
+        &[
+            "--upstream-proxy-protocol",
+            "v1",
+            "--proxy-protocol-in",
+            "required",
+            "--proxy-protocol-trusted",
+            "127.0.0.2",
+            "--max-connections-per-ip",
+            "1",
+        ],
+    )
+    .await;
+    let behind = |user: &'static str, header: &'static str| {
+        Client::connect(
+            p.starttls,
+            user,
+            if user == "carol" {
+                "carol-pw"
+            } else {
+                "bob-pw"
+            },
+            Opts::new("lb")
+                .source("127.0.0.2")
+                .preamble(header.as_bytes()),
+        )
+    };
+    let carol = behind(
+        "carol",
+        "PROXY TCP6 2001:db8:0:1::1 2001:db8::53 40000 5222\r\n",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    expect_ejabberd_ips(&server, "carol", &["2001:db8:0:1::1"]).await;
+    // Same /64, while carol's connection is open: refused.
+    let e = behind(
+        "bob",
+        "PROXY TCP6 2001:db8:0:1::2 2001:db8::53 40001 5222\r\n",
+    )
+    .await
+    .err()
+    .expect("same /64 refused");
+    assert!(e.contains("policy-violation"), "{e}");
+    // IPv4-mapped: counted and told as IPv4.
+    let bob = behind(
+        "bob",
+        "PROXY TCP6 ::ffff:127.0.0.8 ::ffff:127.0.0.1 40002 5222\r\n",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    expect_ejabberd_ips(&server, "bob", &["127.0.0.8"]).await;
+    drop((carol, bob));
+}
+
 /// Connects from `source`, sends `bytes`, and expects the connection closed without a byte of
 /// answer (no stream header, no TLS).
 async fn assert_closed_silently(addr: std::net::SocketAddr, source: &str, bytes: &[u8]) {
@@ -457,4 +520,43 @@ async fn client_addresses_in_the_logs_or_not() {
     for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.7"] {
         assert!(!hidden.contains(ip), "{ip} in the log:\n{hidden}");
     }
+}
+
+/// At `--max-connections`, a client behind a load balancer still reads its refusal: the PROXY
+/// header is taken off before the TLS handshake of the direct-TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_cap_refusal_behind_a_load_balancer() {
+    let server = Server::start(ServerOpts {
+        kind: Kind::Prosody,
+        users: vec![("joe", "joe-pw")],
+        require_tls: false,
+    });
+    let p = proxy::start(
+        server.c2s_addr(),
+        "plain",
+        &[
+            "--max-connections",
+            "1",
+            "--proxy-protocol-in",
+            "required",
+            "--proxy-protocol-trusted",
+            "127.0.0.2",
+        ],
+    )
+    .await;
+    let header = b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 5223\r\n";
+    let opts = |res: &str| {
+        Opts::new(res)
+            .tls(common::client::Tls::Direct)
+            .source("127.0.0.2")
+            .preamble(header)
+    };
+    let _first = Client::connect(p.direct_tls, "joe", "joe-pw", opts("a"))
+        .await
+        .expect("first");
+    let e = Client::connect(p.direct_tls, "joe", "joe-pw", opts("b"))
+        .await
+        .err()
+        .expect("over the cap");
+    assert!(e.contains("resource-constraint"), "{e}");
 }
