@@ -126,6 +126,8 @@ async fn upstream_features(config: &Config, domains: &[String], r: &mut Report) 
         mode: config.upstream_tls,
         tls,
         max_stanza_size: config.max_stanza_size(),
+        // With PROXY protocol out, the header names the check's own connection.
+        proxy_protocol: config.upstream_proxy_protocol,
     };
     let mut domains: Vec<&str> = domains
         .iter()
@@ -141,7 +143,7 @@ async fn upstream_features(config: &Config, domains: &[String], r: &mut Report) 
             config.upstream, config.upstream_tls
         );
         let attempt = async {
-            let up = upstream::connect(&cfg, domain)
+            let up = upstream::connect(&cfg, domain, None)
                 .await
                 .map_err(|e| e.reason)?;
             match up {

@@ -17,6 +17,36 @@ pub enum UpstreamTls {
     Direct,
 }
 
+/// PROXY protocol header the proxy sends to the upstream before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolOut {
+    Off,
+    /// Text header (`PROXY TCP4 …`).
+    V1,
+    /// Binary header.
+    V2,
+}
+
+/// PROXY protocol header expected from the peer on the client listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolIn {
+    /// No header is read; the TCP peer is the client.
+    Off,
+    /// A trusted source may send a header (v1 or v2); without one, it is the client itself.
+    /// Others connect as clients, and are refused if they send a header.
+    Optional,
+    /// Only trusted sources may connect, and each connection starts with a header.
+    Required,
+}
+
+/// An IP network `ADDR/PREFIX`, or one address.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a network (ADDR/PREFIX)"))
+}
+
 /// How an invisible session is hidden (see the README, "Two strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InvisibilityStrategy {
@@ -164,6 +194,57 @@ pub struct Config {
     /// Time allowed for graceful shutdown before remaining sessions are cut, in seconds.
     #[arg(long, env = "XMPP_VEIL_SHUTDOWN_TIMEOUT", default_value_t = 5.0)]
     pub shutdown_timeout: f64,
+
+    // Network edge: PROXY protocol, client addresses, per-IP limits (see proxy_protocol.rs,
+    // limits.rs).
+    /// PROXY protocol header sent to the upstream, so that the server sees the client's address.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_UPSTREAM_PROXY_PROTOCOL",
+        value_enum,
+        default_value = "off"
+    )]
+    pub upstream_proxy_protocol: ProxyProtocolOut,
+
+    /// PROXY protocol header from a load balancer in front of the client listeners.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_PROXY_PROTOCOL_IN",
+        value_enum,
+        default_value = "off"
+    )]
+    pub proxy_protocol_in: ProxyProtocolIn,
+
+    /// Networks allowed to send a PROXY protocol header, ADDR/PREFIX or ADDR (repeatable).
+    #[arg(long, env = "XMPP_VEIL_PROXY_PROTOCOL_TRUSTED", value_delimiter = ',', value_parser = parse_net)]
+    pub proxy_protocol_trusted: Vec<ipnet::IpNet>,
+
+    /// Keep client addresses out of the logs.
+    #[arg(long, env = "XMPP_VEIL_HIDE_CLIENT_ADDRESSES")]
+    pub hide_client_addresses: bool,
+
+    /// Most connections open at once from one client IP (IPv6: one /64); 0: no limit.
+    #[arg(long, env = "XMPP_VEIL_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub max_connections_per_ip: u32,
+
+    /// Most new connections per minute from one client IP (IPv6: one /64), as a burst that
+    /// refills evenly over the minute; 0: no limit.
+    #[arg(
+        long,
+        env = "XMPP_VEIL_MAX_CONNECTION_RATE_PER_IP",
+        default_value_t = 60
+    )]
+    pub max_connection_rate_per_ip: u32,
+
+    /// Client networks not subject to the per-IP limits (repeatable).
+    #[arg(
+        long,
+        env = "XMPP_VEIL_PER_IP_EXEMPT",
+        value_delimiter = ',',
+        value_parser = parse_net,
+        default_value = "127.0.0.1,::1"
+    )]
+    pub per_ip_exempt: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -247,6 +328,78 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.upstream_host(), "::1");
         assert_eq!(c.upstream_tls, UpstreamTls::Plain);
+    }
+
+    #[test]
+    fn edge_flags() {
+        let c = Config::try_parse_from(["xmpp-veil", "--upstream", "h:1"]).unwrap();
+        assert_eq!(c.upstream_proxy_protocol, ProxyProtocolOut::Off);
+        assert_eq!(c.proxy_protocol_in, ProxyProtocolIn::Off);
+        assert!(c.proxy_protocol_trusted.is_empty() && !c.hide_client_addresses);
+        assert_eq!(
+            (c.max_connections_per_ip, c.max_connection_rate_per_ip),
+            (100, 60)
+        );
+        assert_eq!(
+            c.per_ip_exempt,
+            vec![
+                "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        let c = Config::try_parse_from([
+            "xmpp-veil",
+            "--upstream",
+            "h:1",
+            "--upstream-proxy-protocol",
+            "v2",
+            "--proxy-protocol-in",
+            "required",
+            "--proxy-protocol-trusted",
+            "10.1.2.3/8,2001:db8::1",
+            "--proxy-protocol-trusted",
+            "192.0.2.10",
+        ])
+        .unwrap();
+        assert_eq!(c.upstream_proxy_protocol, ProxyProtocolOut::V2);
+        assert_eq!(
+            c.proxy_protocol_trusted,
+            ["10.0.0.0/8", "2001:db8::1/128", "192.0.2.10/32"]
+                .map(|n| n.parse::<ipnet::IpNet>().unwrap())
+        );
+        assert!(
+            Config::try_parse_from([
+                "xmpp-veil",
+                "--upstream",
+                "h:1",
+                "--proxy-protocol-trusted",
+                "example.org"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "xmpp-veil",
+                "--upstream",
+                "h:1",
+                "--upstream-proxy-protocol",
+                "v3"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_in_needs_trusted_networks() {
+        let c = Config::try_parse_from([
+            "xmpp-veil",
+            "--upstream",
+            "h:1",
+            "--proxy-protocol-in",
+            "optional",
+        ])
+        .unwrap();
+        assert!(crate::edge::Edge::new(&c).is_err());
     }
 
     #[test]

@@ -6,15 +6,19 @@
 //! - [`policy`]: sans-IO invisibility rules, one state machine per session;
 //! - [`stream`]: stream negotiation on each leg and feature rewrites;
 //! - [`session`]: the pump that joins the two legs through the policy;
-//! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell.
+//! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell;
+//! - [`proxy_protocol`], [`limits`]: the network edge (PROXY protocol, per-IP limits).
 
 pub mod certs;
 pub mod check;
 pub mod config;
 pub mod config_file;
+pub mod edge;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod resume;
 pub mod server;
 pub mod session;

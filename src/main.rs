@@ -9,7 +9,11 @@ use xmpp_veil::server::Proxy;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // To stderr (as documented); colours only on a terminal: a log file or the journal gets
+    // plain `key=value` fields.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

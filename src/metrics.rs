@@ -27,6 +27,10 @@ pub const CONNECTIONS_REFUSED: &str = "xmpp_veil_connections_refused_total";
 /// Label: `result` = `ok` | `failed`.
 pub const SM_RESUMPTIONS: &str = "xmpp_veil_sm_resumptions_total";
 pub const SM_SESSIONS: &str = "xmpp_veil_sm_sessions";
+/// Label: `limit` = `concurrent` | `rate`.
+pub const PER_IP_REFUSED: &str = "xmpp_veil_per_ip_refused_total";
+/// Label: `reason` = `untrusted` | `missing` | `invalid`.
+pub const PROXY_PROTOCOL_REFUSED: &str = "xmpp_veil_proxy_protocol_refused_total";
 
 /// Certificate expiry, Unix time in seconds. Label: `domain` (one series per configured name).
 pub const CERTIFICATE_EXPIRY_SECONDS: &str = "xmpp_veil_certificate_expiry_seconds";
@@ -94,6 +98,12 @@ pub fn register_all() {
         PRIVACY_LIST_FAILURES,
     ] {
         counter!(name).absolute(0);
+    }
+    for limit in ["concurrent", "rate"] {
+        counter!(PER_IP_REFUSED, "limit" => limit).absolute(0);
+    }
+    for reason in ["untrusted", "missing", "invalid"] {
+        counter!(PROXY_PROTOCOL_REFUSED, "reason" => reason).absolute(0);
     }
     for strategy in ["privacy_list", "silent"] {
         gauge!(INVISIBLE_SESSIONS_BY_STRATEGY, "strategy" => strategy).increment(0.0);
@@ -185,5 +195,13 @@ fn describe() {
     describe_counter!(
         CERTIFICATE_RELOADS,
         "Certificate loads and reloads, by result (a failed reload keeps the old certificate)"
+    );
+    describe_counter!(
+        PER_IP_REFUSED,
+        "Client connections refused by a per-IP limit, by limit"
+    );
+    describe_counter!(
+        PROXY_PROTOCOL_REFUSED,
+        "Connections refused for their PROXY protocol header (or its absence), by reason"
     );
 }

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::certs::Acceptor;
 use crate::config::Config;
+use crate::edge::{Edge, Turned};
 use crate::metrics as m;
 use crate::resume::ResumeStore;
 use crate::session::{self, Shared};
@@ -54,6 +55,7 @@ impl Proxy {
                 mode: config.upstream_tls,
                 tls: client_tls,
                 max_stanza_size: config.max_stanza_size(),
+                proxy_protocol: config.upstream_proxy_protocol,
             },
             connect_timeout: config.upstream_connect_timeout(),
             limits: config.limits(),
@@ -66,6 +68,7 @@ impl Proxy {
         let acceptor = Acceptor(certs.clone());
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections as usize));
+        let edge = Arc::new(Edge::new(config)?);
         let mut proxy = Proxy {
             starttls_addrs: Vec::new(),
             direct_tls_addrs: Vec::new(),
@@ -95,6 +98,7 @@ impl Proxy {
                     shared.clone(),
                     proxy.tracker.clone(),
                     slots.clone(),
+                    edge.clone(),
                 );
                 proxy.tracker.spawn(accept);
             }
@@ -129,6 +133,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
+    edge: Arc<Edge>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     loop {
@@ -146,21 +151,51 @@ async fn accept_loop(
             }
         };
         let conn_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("conn", id = conn_id, %peer, jid = tracing::field::Empty);
+        // `client` (and `via`, a load balancer) are recorded once known (see edge.rs).
+        let span = tracing::info_span!(
+            "conn",
+            id = conn_id,
+            client = tracing::field::Empty,
+            via = tracing::field::Empty,
+            jid = tracing::field::Empty
+        );
         let acceptor = acceptor.clone();
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracker.spawn(refuse_over_limit(tcp, kind, acceptor).instrument(span));
+            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+            let edge = edge.clone();
+            let mut tcp = tcp;
+            tracker.spawn(
+                async move {
+                    let header =
+                        tokio::time::timeout(REFUSAL_TIMEOUT, edge.before_refusal(&mut tcp, peer));
+                    let proceed = header.await.unwrap_or(false);
+                    tracing::warn!("connection refused: --max-connections reached");
+                    if proceed {
+                        refuse(
+                            tcp,
+                            kind,
+                            acceptor,
+                            "resource-constraint",
+                            "too many connections; try again later",
+                        )
+                        .await;
+                    }
+                }
+                .instrument(span),
+            );
             continue;
         };
         let shared = shared.clone();
+        let edge = edge.clone();
         tracker.spawn(
             async move {
                 metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
                 let active = metrics::gauge!(m::CONNECTIONS_ACTIVE);
                 active.increment(1.0);
                 // A panic ends this session only: it is counted, and the process goes on.
-                let session =
-                    std::panic::AssertUnwindSafe(connection(tcp, kind, acceptor, conn_id, shared));
+                let session = std::panic::AssertUnwindSafe(connection(
+                    tcp, peer, kind, acceptor, conn_id, shared, edge,
+                ));
                 if let Err(panic) = session.catch_unwind().await {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -178,18 +213,20 @@ async fn accept_loop(
     }
 }
 
-/// Over --max-connections: the client is told `resource-constraint` (after TLS on a direct-TLS
-/// port, so that it can read it) instead of a silent close.
-async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Acceptor) {
+/// Over --max-connections (`resource-constraint`) or a per-IP limit (`policy-violation`): the
+/// client is told so (after TLS on a direct-TLS port, so that it can read it) instead of a
+/// silent close.
+async fn refuse(
+    mut tcp: TcpStream,
+    kind: ListenerKind,
+    acceptor: Acceptor,
+    condition: &'static str,
+    text: &str,
+) {
     use tokio::io::AsyncWriteExt;
-    metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
-    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "resource-constraint").increment(1);
-    tracing::warn!("connection refused: --max-connections reached");
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
     let mut refusal = crate::stream::errors::client_stream_header("refused", "").to_vec();
-    refusal.extend_from_slice(&crate::stream::errors::stream_error(
-        "resource-constraint",
-        "too many connections; try again later",
-    ));
+    refusal.extend_from_slice(&crate::stream::errors::stream_error(condition, text));
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         match kind {
             ListenerKind::Starttls => {
@@ -208,13 +245,25 @@ async fn refuse_over_limit(mut tcp: TcpStream, kind: ListenerKind, acceptor: Acc
 }
 
 async fn connection(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
     kind: ListenerKind,
     acceptor: Acceptor,
     conn_id: u64,
     shared: Arc<Shared>,
+    edge: Arc<Edge>,
 ) {
     let auth_deadline = Instant::now() + shared.auth_timeout;
+    // PROXY protocol in, client address, per-IP limits: all before TLS.
+    let (endpoints, _per_ip) = match edge.admit(&mut tcp, peer, auth_deadline).await {
+        Ok(admitted) => admitted,
+        Err(Turned::Dropped) => return,
+        Err(Turned::Limited(limit)) => {
+            tracing::warn!(limit = limit.label(), "connection refused: per-IP limit");
+            refuse(tcp, kind, acceptor, "policy-violation", limit.reason()).await;
+            return;
+        }
+    };
     // Boxed, and the TLS stream too: the handshake's state is freed before the session starts,
     // and the session moves a pointer around instead of the 1 KiB stream.
     let handshake = Box::pin(handshake(
@@ -226,7 +275,7 @@ async fn connection(
         auth_deadline,
     ));
     if let Some(tls) = handshake.await {
-        session::serve(tls, conn_id, auth_deadline, shared).await;
+        session::serve(tls, conn_id, auth_deadline, shared, endpoints).await;
     }
 }
 

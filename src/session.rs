@@ -27,6 +27,7 @@ use tracing::Span;
 
 use crate::metrics as m;
 use crate::policy::{Action, Policy, Violation};
+use crate::proxy_protocol::Endpoints;
 use crate::resume::{DEFAULT_KEEP, Detached, ResumeStore};
 use crate::stream::errors::{NS_STREAMS, client_stream_header, stream_error};
 use crate::stream::sm::{Counter as SmCounter, NS_SM2, NS_SM3};
@@ -71,11 +72,17 @@ thread_local! {
 /// Memory: thousands of sessions sit idle for hours, so what one holds while it waits is kept
 /// small. The setup runs in its own boxed future, freed before the relay starts; the relay lives
 /// in one box; `C` should be small to move (a boxed TLS stream).
-pub async fn serve<C>(client: C, conn_id: u64, auth_deadline: Instant, shared: Arc<Shared>)
-where
+/// `endpoints`: where the client comes from, for the upstream's PROXY protocol header.
+pub async fn serve<C>(
+    client: C,
+    conn_id: u64,
+    auth_deadline: Instant,
+    shared: Arc<Shared>,
+    endpoints: Endpoints,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    match Box::pin(open(client, conn_id, auth_deadline, &shared)).await {
+    match Box::pin(open(client, conn_id, auth_deadline, &shared, endpoints)).await {
         Some(Opened::Plain(relay)) => relay.run().await,
         Some(Opened::Tls(relay)) => relay.run().await,
         None => {}
@@ -95,6 +102,7 @@ async fn open<C>(
     conn_id: u64,
     auth_deadline: Instant,
     shared: &Shared,
+    endpoints: Endpoints,
 ) -> Option<Opened<'_, C>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -148,7 +156,7 @@ where
 
     let connected = tokio::time::timeout(
         shared.connect_timeout,
-        upstream::connect(&shared.upstream, &domain),
+        upstream::connect(&shared.upstream, &domain, Some(&endpoints)),
     )
     .await;
     let upstream = match connected {

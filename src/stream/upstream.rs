@@ -13,7 +13,8 @@ use tokio_rustls::client::TlsStream;
 
 use super::errors::server_stream_header;
 use super::{NS_TLS, ReadError, StreamHeader, read_element};
-use crate::config::UpstreamTls;
+use crate::config::{ProxyProtocolOut, UpstreamTls};
+use crate::proxy_protocol::{self, Endpoints};
 use crate::xml::{Element, Frame, Framer};
 
 /// The connected upstream, ready for the client's stream header.
@@ -44,14 +45,36 @@ pub struct UpstreamConfig {
     pub mode: UpstreamTls,
     pub tls: Arc<rustls::ClientConfig>,
     pub max_stanza_size: usize,
+    /// PROXY protocol header sent first, if any.
+    pub proxy_protocol: ProxyProtocolOut,
 }
 
-pub async fn connect(cfg: &UpstreamConfig, domain: &str) -> Result<Upstream, ConnectError> {
+/// Connects for a client of `domain`. `client`: the client's endpoints, for the PROXY protocol
+/// header (without them, e.g. for a check of the upstream, the header names the proxy itself).
+pub async fn connect(
+    cfg: &UpstreamConfig,
+    domain: &str,
+    client: Option<&Endpoints>,
+) -> Result<Upstream, ConnectError> {
     let started = Instant::now();
     let mut tcp = TcpStream::connect(&cfg.addr)
         .await
         .map_err(|e| ConnectError::new(format!("connect {}: {e}", cfg.addr)))?;
     let _ = tcp.set_nodelay(true);
+    if cfg.proxy_protocol != ProxyProtocolOut::Off {
+        let (source, dest) = match client {
+            Some(c) => (c.client, c.local),
+            None => (
+                tcp.local_addr()
+                    .map_err(|e| ConnectError::new(e.to_string()))?,
+                tcp.peer_addr()
+                    .map_err(|e| ConnectError::new(e.to_string()))?,
+            ),
+        };
+        tcp.write_all(&proxy_protocol::header(cfg.proxy_protocol, source, dest))
+            .await
+            .map_err(|e| ConnectError::new(format!("write PROXY header: {e}")))?;
+    }
     let upstream = match cfg.mode {
         UpstreamTls::Plain => Upstream::Plain(tcp),
         UpstreamTls::Direct => Upstream::Tls(Box::new(handshake(cfg, domain, tcp).await?)),

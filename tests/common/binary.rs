@@ -17,6 +17,15 @@ impl Binary {
     /// Starts the binary with the three listeners on free ports, `args` and `envs` added, and
     /// waits until it accepts connections.
     pub async fn start(args: &[&str], envs: &[(&str, String)]) -> Binary {
+        Self::start_with_log(args, envs, None).await
+    }
+
+    /// Like [`Binary::start`], its standard error (the logs) written to `log` when given.
+    pub async fn start_with_log(
+        args: &[&str],
+        envs: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> Binary {
         let ports = free_ports(3);
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let (starttls, direct_tls, metrics) = (addr(ports[0]), addr(ports[1]), addr(ports[2]));
@@ -28,6 +37,9 @@ impl Binary {
             .args(args);
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some(log) = log {
+            cmd.stderr(std::fs::File::create(log).expect("create log file"));
         }
         let child = cmd.spawn().expect("spawn xmpp-veil");
         let binary = Binary {

@@ -95,6 +95,11 @@ pub struct Opts {
     pub sm: bool,
     /// XEP-0198: resume this session instead of binding (implies `sm`).
     pub resume: Option<SmResume>,
+    /// Loopback address to connect from (default: the system's choice, 127.0.0.1).
+    pub source: Option<std::net::IpAddr>,
+    /// Bytes written right after the TCP connect, before anything else (a PROXY protocol
+    /// header, as a load balancer in front of the proxy sends).
+    pub preamble: Vec<u8>,
 }
 
 /// What [`Opts::resume`] resumes.
@@ -119,7 +124,21 @@ impl Opts {
             send_initial_presence: false,
             sm: false,
             resume: None,
+            source: None,
+            preamble: Vec::new(),
         }
+    }
+
+    /// Connects from this (loopback) address.
+    pub fn source(mut self, ip: &str) -> Self {
+        self.source = Some(ip.parse().expect("source address"));
+        self
+    }
+
+    /// Sends these bytes first (e.g. a PROXY protocol header).
+    pub fn preamble(mut self, bytes: &[u8]) -> Self {
+        self.preamble = bytes.to_vec();
+        self
     }
 
     pub fn tls(mut self, tls: Tls) -> Self {
@@ -974,6 +993,24 @@ pub struct Client {
 
 type Writer = Arc<tokio::sync::Mutex<Option<WriteHalf<BoxIo>>>>;
 
+/// A TCP connection to `addr`, from `source` (a loopback address) when given.
+pub async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    assert!(ip.is_loopback(), "tests connect from loopback only: {ip}");
+    let sock = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.connect(addr).await
+}
+
 impl Client {
     /// Connects, secures, authenticates, binds, and starts recording.
     pub async fn connect(
@@ -985,10 +1022,15 @@ impl Client {
         let label = format!("{user}/{}", opts.resource);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        let mut tcp = tokio::time::timeout_at(deadline, connect_from(opts.source, addr))
             .await
             .map_err(|_| format!("[{label}] TCP connect to {addr} timed out"))?
             .map_err(|e| format!("[{label}] TCP connect to {addr}: {e}"))?;
+        if !opts.preamble.is_empty() {
+            tcp.write_all(&opts.preamble)
+                .await
+                .map_err(|e| format!("[{label}] write preamble: {e}"))?;
+        }
         let _ = tcp.set_nodelay(true);
         let std_sock = tcp.into_std().map_err(|e| e.to_string())?;
         let sock = std_sock.try_clone().map_err(|e| e.to_string())?;

@@ -87,6 +87,9 @@ pub struct Server {
     pub c2s_port: u16,
     /// XEP-0368 direct TLS c2s port.
     pub direct_tls_port: u16,
+    /// c2s port that expects a PROXY protocol header ([`Server::start_proxy_protocol`], which
+    /// also loads mod_admin_extra for [`Server::ctl`]`(&["connected_users_info"])`).
+    pub proxy_port: Option<u16>,
     pub require_tls: bool,
     child: Option<Child>,
     config: PathBuf,
@@ -185,17 +188,34 @@ impl Server {
     }
 
     pub fn start_with(opts: ServerOpts, profile: Profile) -> Server {
+        Self::start_inner(opts, profile, false)
+    }
+
+    /// Like [`Server::start`], with one more c2s port ([`Server::proxy_port`], STARTTLS
+    /// optional) that takes a PROXY protocol header (v1 or v2) before the stream. ejabberd only:
+    /// Debian's prosody-modules does not ship mod_net_proxy.
+    pub fn start_proxy_protocol(opts: ServerOpts) -> Server {
+        assert_eq!(
+            opts.kind,
+            Kind::Ejabberd,
+            "PROXY protocol: ejabberd only (Debian's prosody-modules has no mod_net_proxy)"
+        );
+        Self::start_inner(opts, Profile::default(), true)
+    }
+
+    fn start_inner(opts: ServerOpts, profile: Profile, proxy_protocol: bool) -> Server {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix(&format!("veil-{}-", opts.kind.name()))
             .tempdir_in(std::env::temp_dir())
             .expect("create temp dir");
-        let ports = free_ports(3);
+        let ports = free_ports(4);
         let mut server = Server {
             kind: opts.kind,
             domain: "localhost".to_string(),
             c2s_port: ports[0],
             direct_tls_port: ports[1],
+            proxy_port: proxy_protocol.then_some(ports[3]),
             require_tls: opts.require_tls,
             child: None,
             config: PathBuf::new(),
@@ -241,6 +261,32 @@ impl Server {
 
     pub fn direct_tls_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.direct_tls_port))
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            self.proxy_port.expect("started with start_proxy_protocol"),
+        ))
+    }
+
+    /// `ejabberdctl ARGS` against this server; its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        assert_eq!(self.kind, Kind::Ejabberd, "ejabberdctl: ejabberd only");
+        let out = self
+            .ejabberdctl()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ejabberdctl");
+        assert!(
+            out.status.success(),
+            "ejabberdctl {args:?}: {:?}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The bare JID of `user` on this server.
@@ -513,7 +559,7 @@ listen:
     tls: true
     max_stanza_size: 262144
     access: c2s
-auth_method: internal
+{proxy_listener}auth_method: internal
 auth_password_format: plain
 disable_sasl_mechanisms:
   - "digest-md5"
@@ -551,13 +597,27 @@ modules:
   mod_mam: {{}}
   mod_caps: {{}}
   mod_ping: {{}}
-"#,
+{admin_extra}"#,
             cert = cert.display(),
             key = key.display(),
             c2s = self.c2s_port,
             direct = self.direct_tls_port,
             hibernation = HIBERNATION_SECS,
             req = self.require_tls,
+            proxy_listener = self
+                .proxy_port
+                .map(|port| format!(
+                    "  -\n    port: {port}\n    ip: \"127.0.0.1\"\n    module: ejabberd_c2s\n    \
+                     use_proxy_protocol: true\n    starttls: true\n    max_stanza_size: 262144\n    \
+                     access: c2s\n"
+                ))
+                .unwrap_or_default(),
+            // `connected_users_info`, to read the address ejabberd records for each session.
+            admin_extra = if self.proxy_port.is_some() {
+                "  mod_admin_extra: {}\n"
+            } else {
+                ""
+            },
         );
         self.config = d.join("ejabberd.yml");
         std::fs::write(&self.config, yml).expect("write ejabberd.yml");
