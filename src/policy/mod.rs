@@ -118,6 +118,10 @@ pub struct Policy {
     disco_ids: HashSet<String>,
 
     vis: Visibility,
+    /// The global invisibility was set by an undirected XEP-0018 `invisible` and no per-contact
+    /// exception has been recorded since: an undirected available presence that is not
+    /// away/xa then ends it (Psi goes back online that way; see [`xep0018`]).
+    xep0018_global: bool,
     /// The client has started a presence session (sent available presence, or XEP-0018
     /// `invisible` as its initial presence) and not ended it.
     available: bool,
@@ -157,6 +161,7 @@ impl Policy {
                 global: Mode::Visible,
                 exceptions: BTreeMap::new(),
             },
+            xep0018_global: false,
             available: false,
             last_presence: None,
             server_broadcasting: false,

@@ -15,10 +15,24 @@
 //!   (Listings 6–7).
 //!
 //! Exceptions are kept per bare JID: hiding from a contact hides from all its resources.
+//!
+//! **Back online with a plain presence.** Psi (and the servers it was written for, ejabberd 2.x)
+//! ends an undirected `invisible` with an ordinary available presence, never `type='visible'`.
+//! §4.1 says undirected presence while invisible to *selected* contacts must not reveal the user
+//! (auto-away). The rule that serves both: after an undirected `invisible`, as long as no
+//! per-contact exception has been recorded since (a directed `visible`/`invisible` that differs
+//! from the global mode), an undirected available presence acts as an undirected `visible`
+//! followed by that presence — unless its `<show/>` is `away` or `xa`, which an idle timer may
+//! have sent without the user (Psi 1.5 itself sends no auto-away while invisible:
+//! `autoAwayStatus` keeps the manual status when it is invisible), so it stays withheld. XEP-0186
+//! invisibility is never ended by presence (rule 3).
+
+use bytes::Bytes;
 
 use jid::{BareJid, Jid};
 
-use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, xep0186};
+use super::{Action, MAX_EXCEPTIONS, Mode, NS_CLIENT, Policy, presence, xep0186};
+use crate::xml::Element;
 
 fn count(command: &'static str) {
     metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0018", "command" => command)
@@ -29,6 +43,7 @@ pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
     count("invisible");
     xep0186::hide_from_everyone(p, out);
     p.vis.set(Mode::Invisible);
+    p.xep0018_global = true;
     p.invisible_since.get_or_insert(now);
     if !p.available {
         // Listing 5: "invisible" as the initial presence starts a presence session.
@@ -40,6 +55,7 @@ pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
 pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
     count("visible");
     p.vis.set(Mode::Visible);
+    p.xep0018_global = false;
     p.invisible_since = None;
     p.fan_out_pending = false;
     presence::resume_server_broadcast(p, out);
@@ -51,8 +67,13 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
         // The request cannot be recorded, and it must not be ignored: fail closed by hiding
         // from everyone, and tell the client.
         invisible(p, now, out);
+        // Not a plain global invisibility: presence must not end it.
+        p.xep0018_global = false;
         presence::refuse_note(&contact, "resource-constraint", out);
         return;
+    }
+    if p.vis.global != Mode::Invisible {
+        p.xep0018_global = false;
     }
     if p.server_broadcasting {
         presence::stop_server_broadcast(p, out);
@@ -75,6 +96,9 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
         presence::refuse_note(&contact, "resource-constraint", out);
         return;
     }
+    if p.vis.global != Mode::Visible {
+        p.xep0018_global = false;
+    }
     p.vis.set_for(contact.clone(), Mode::Visible);
     if !p.vis.hides_anyone() {
         p.invisible_since = None;
@@ -87,6 +111,27 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
         let current = p.current_presence();
         presence::show_to(p, &current, contact, out);
     }
+}
+
+/// An undirected available presence ends a plain global XEP-0018 invisibility (see the module
+/// documentation): nobody is hidden any more, and the presence itself then goes to the server.
+pub(super) fn ended_by_presence(p: &mut Policy) {
+    count("visible");
+    p.vis.set(Mode::Visible);
+    p.xep0018_global = false;
+    p.invisible_since = None;
+    p.fan_out_pending = false;
+}
+
+/// A presence with `<show>away</show>` or `xa`, which an idle timer may have sent; unparsable
+/// counts as away (it then stays withheld).
+pub(super) fn may_be_auto_away(raw: &Bytes) -> bool {
+    let Ok(presence) = Element::parse(raw, NS_CLIENT, &[]) else {
+        return true;
+    };
+    presence
+        .child("show", NS_CLIENT)
+        .is_some_and(|show| matches!(show.text().trim(), "away" | "xa"))
 }
 
 fn exception_fits(p: &Policy, contact: &BareJid) -> bool {

@@ -48,6 +48,7 @@ pub(super) fn command(
 pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<Action>) {
     hide_from_everyone(p, out);
     p.vis.set(Mode::Invisible);
+    p.xep0018_global = false;
     p.invisible_since.get_or_insert(now);
     p.probe = probe;
     p.probe_pending = false;
@@ -58,6 +59,7 @@ pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<
 
 fn go_visible(p: &mut Policy) {
     p.vis.set(Mode::Visible);
+    p.xep0018_global = false;
     p.invisible_since = None;
     p.probe = false;
     p.probe_pending = false;
