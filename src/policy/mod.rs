@@ -302,8 +302,13 @@ impl Policy {
             return Ok(());
         };
         match (kind, payload.name.as_str(), payload.ns.as_str()) {
-            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0) => {
+            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0)
+            | (Some("set"), "visible", xep0186::NS_SLIXMPP_VISIBLE) => {
                 xep0186::command(self, &iq, payload, now, out);
+                return Ok(());
+            }
+            (Some("set"), _, xep0186::NS_SLIXMPP_VISIBLE) => {
+                xep0186::refuse(&iq, out);
                 return Ok(());
             }
             (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),

@@ -1549,6 +1549,30 @@ fn hiding_from_everyone_for_lack_of_room_is_not_ended_by_presence() {
     assert!(h.p.is_hidden());
 }
 
+#[test]
+fn slixmpp_invisible_and_visible_are_understood() {
+    // What slixmpp 1.8's XEP-0186 plugin sends: no `to`, no `probe`, `<visible/>` in a namespace
+    // of its own.
+    let mut h = H::with_roster(BOTH3);
+    h.client(PSI_ONLINE);
+    let outs = h.command("<iq type='set' id='s1'><invisible xmlns='urn:xmpp:invisible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["server presence type=unavailable"]);
+    assert!(h.p.is_hidden());
+    assert!(
+        h.command("<iq type='set' id='s2'><visible xmlns='urn:xmpp:visible:0'/></iq>")
+            .is_empty()
+    );
+    assert!(!h.p.is_hidden());
+    // Anything else in that namespace is refused and changes nothing.
+    h.command(INVISIBLE);
+    let outs = h.client("<iq type='set' id='s3'><invisible xmlns='urn:xmpp:visible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["client iq type=error"]);
+    assert!(outs[0].text().contains("bad-request"), "{}", outs[0].text());
+    assert!(h.p.is_hidden());
+    let outs = h.client("<iq type='set' id='s4'><query xmlns='urn:xmpp:visible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["client iq type=error"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Review findings: self-addressed presence, trailing dots, presence before bind, detach after a
 // presence error.
