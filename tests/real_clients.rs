@@ -31,6 +31,7 @@ both_servers!(
     psi_invisible_from_the_start,
     psi_online_invisible_online,
     psi_resumed_stream_stays_invisible,
+    psi_connection_cut_stays_invisible,
     mcabber_every_variant,
 );
 
@@ -74,7 +75,7 @@ async fn psi_invisible_from_the_start(kind: Kind) {
     let st = w.observer("stpeter").await;
     let pg = w.observer("pgmillard").await;
     let fwd = Forwarder::start(w.proxy.starttls).await;
-    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "invisible");
+    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "invisible").await;
     psi_ready(&st, &psi).await;
     let shot = psi.screenshot(&format!("psi-invisible-{kind:?}"));
     eprintln!("screenshot: {}", shot.display());
@@ -134,7 +135,7 @@ async fn psi_online_invisible_online(kind: Kind) {
     let st = w.observer("stpeter").await;
     let pg = w.observer("pgmillard").await;
     let fwd = Forwarder::start(w.proxy.starttls).await;
-    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "online");
+    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "online").await;
     psi_ready(&st, &psi).await;
     psi.screenshot(&format!("psi-online-{kind:?}"));
     for o in [&st, &pg] {
@@ -197,15 +198,18 @@ async fn psi_online_invisible_online(kind: Kind) {
     drop(w);
 }
 
-/// Psi's connection goes silent (a frozen forwarder); Psi notices by its stream-management
-/// timer (about 80 s), reconnects and resumes the stream: still invisible to everyone, a
-/// message sent meanwhile arrives, and the status switches still work afterwards.
+/// Psi's connection goes silent (a frozen forwarder: nothing passes, nothing closes). Psi notices
+/// only through its stream-management ack timer, which runs on its keep-alive (on in the test's
+/// profile; without it Psi sat on the dead link for more than 5 minutes): it asks for an ack,
+/// gets none, reconnects and resumes the stream (about 80–110 s). Still invisible to everyone, a
+/// message sent meanwhile arrives (Prosody; ejabberd ends the session first, see below), and the
+/// status switches still work afterwards.
 async fn psi_resumed_stream_stays_invisible(kind: Kind) {
     let w = world(kind).await;
     let st = w.observer("stpeter").await;
     let pg = w.observer("pgmillard").await;
     let fwd = Forwarder::start(w.proxy.starttls).await;
-    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "invisible");
+    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "invisible").await;
     psi_ready(&st, &psi).await;
     let resumed_before = common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}");
     fwd.freeze();
@@ -223,12 +227,18 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    psi.wait_history("sent-while-frozen", T).await;
     psi_ready(&st, &psi).await;
-    assert!(
-        common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") > resumed_before,
-        "Psi's stream was not resumed through the proxy"
-    );
+    let resumed =
+        common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") > resumed_before;
+    if matches!(kind, Kind::Prosody) {
+        assert!(resumed, "Psi's stream was not resumed through the proxy");
+        psi.wait_history("sent-while-frozen", T).await;
+    } else {
+        // ejabberd gives up first: its ack timeout (60 s) closes the silent session's upstream
+        // and its resume_timeout (6 s in the test servers) ends the session, so there is nothing
+        // left to resume (as without the proxy); Psi logs in afresh, with its status.
+        eprintln!("ejabberd: Psi's stream resumed: {resumed}");
+    }
     for o in [&st, &pg] {
         o.expect_none(
             "presence from joe (resumed, invisible)",
@@ -247,6 +257,66 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
     psi.set_status("online");
     for o in [&st, &pg, &ry] {
         o.wait_for("Psi online after the resumption", T, available_from_psi)
+            .await;
+    }
+    let m = st.mark();
+    psi.set_status("invisible");
+    st.wait_for_since(m, "Psi invisible again", T, unavailable_from_psi)
+        .await;
+    psi.stop();
+    drop(w);
+}
+
+/// Psi's TCP connection is cut (both sockets closed by the forwarder): Psi reconnects at once
+/// (Psi 1.5 starts a new stream after a connection error; it resumes only after its own
+/// stream-management timeout) with its status: still invisible to everyone, then online and
+/// invisible again work.
+async fn psi_connection_cut_stays_invisible(kind: Kind) {
+    let w = world(kind).await;
+    let st = w.observer("stpeter").await;
+    let pg = w.observer("pgmillard").await;
+    let fwd = Forwarder::start(w.proxy.starttls).await;
+    let psi = Psi::start(JOE, &common::world::pw("joe"), fwd.addr.port(), "invisible").await;
+    psi_ready(&st, &psi).await;
+    let resumed_before = common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}");
+    fwd.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while fwd.accepted() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Psi never reconnected\n{}",
+            psi.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    psi_ready(&st, &psi).await;
+    let resumed =
+        common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") > resumed_before;
+    eprintln!("Psi reconnected after the cut; resumptions through the proxy grew: {resumed}");
+    st.send(&format!(
+        "<message to='{}' type='chat' id='c1'><body>after-the-cut</body></message>",
+        psi.full_jid()
+    ))
+    .await;
+    psi.wait_history("after-the-cut", T).await;
+    for o in [&st, &pg] {
+        o.expect_none(
+            "presence from joe (reconnected, invisible)",
+            QUIET,
+            presence_from_joe,
+        )
+        .await;
+    }
+    let ry = w.observer("rynok").await;
+    ry.expect_none(
+        "presence from joe (rynok, after the reconnection)",
+        QUIET,
+        presence_from_joe,
+    )
+    .await;
+    psi.set_status("online");
+    for o in [&st, &pg, &ry] {
+        o.wait_for("Psi online after the reconnection", T, available_from_psi)
             .await;
     }
     let m = st.mark();
@@ -344,8 +414,11 @@ async fn mcabber_every_variant(kind: Kind) {
     // Undirected presence now (§4.1, e.g. auto-away): stpeter only.
     let m = marks(&both);
     mc.send("<presence><show>chat</show></presence>");
-    let p = st.wait_for_since(m[0], "chat presence", T, avail).await;
-    assert_eq!(p.child_text("show"), Some("chat"), "{}", p.raw);
+    // (stpeter may first get the dnd presence again: the flicker of leaving the server's broadcast.)
+    st.wait_for_since(m[0], "chat presence", T, |s| {
+        avail(s) && s.child_text("show") == Some("chat")
+    })
+    .await;
     none_get(
         &[&pg],
         &m[1..],

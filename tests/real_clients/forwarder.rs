@@ -1,7 +1,8 @@
 //! A loopback TCP forwarder between a real client and the proxy, to cut the client's connection
 //! the way a network does: [`Forwarder::freeze`] makes every connection open at that moment go
 //! silent in both directions (the sockets stay open, nothing more passes), so the client notices
-//! only by its own timers and reconnects through the forwarder, which passes new connections.
+//! only by its own timers and reconnects through the forwarder, which passes new connections;
+//! [`Forwarder::cut`] closes them instead.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +17,8 @@ pub struct Forwarder {
     conns: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accepted: Arc<AtomicUsize>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// The connection tasks (without the accept loop), for [`Forwarder::cut`].
+    links: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl Forwarder {
@@ -25,7 +28,8 @@ impl Forwarder {
         let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (c, a, t) = (conns.clone(), accepted.clone(), tasks.clone());
+        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (c, a, t) = (conns.clone(), accepted.clone(), links.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -51,6 +55,7 @@ impl Forwarder {
             conns,
             accepted,
             tasks,
+            links,
         }
     }
 
@@ -58,6 +63,13 @@ impl Forwarder {
     pub fn freeze(&self) {
         for c in self.conns.lock().unwrap().iter() {
             c.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Every connection open now is closed at once (both sockets dropped); later ones pass.
+    pub fn cut(&self) {
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
         }
     }
 
@@ -72,6 +84,7 @@ impl Drop for Forwarder {
         for t in self.tasks.lock().unwrap().iter() {
             t.abort();
         }
+        self.cut();
     }
 }
 

@@ -35,7 +35,11 @@ pub fn encode_password(password: &str, jid: &str) -> String {
         .collect()
 }
 
+/// At most two Psi instances at a time in this test process (two cores, shared).
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub struct Psi {
+    _slot: tokio::sync::SemaphorePermit<'static>,
     dir: tempfile::TempDir,
     xvfb: Child,
     session: Child,
@@ -51,7 +55,8 @@ pub const RESOURCE: &str = "psi";
 impl Psi {
     /// Starts Psi logged in as `jid` through `127.0.0.1:port` (STARTTLS required), with
     /// `--status=STATUS` (`online`, `invisible`, …).
-    pub fn start(jid: &str, password: &str, port: u16, status: &str) -> Psi {
+    pub async fn start(jid: &str, password: &str, port: u16, status: &str) -> Psi {
+        let slot = SLOTS.acquire().await.expect("semaphore never closed");
         need(&[
             "psi",
             "Xvfb",
@@ -129,6 +134,7 @@ impl Psi {
         let bus = wait_file(&dir.path().join("bus"));
         let psi_pid: i32 = wait_file(&dir.path().join("pid")).parse().expect("psi pid");
         Psi {
+            _slot: slot,
             dir,
             xvfb,
             session,
@@ -210,12 +216,15 @@ impl Psi {
             if out.status.success() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "dbus-send {method} {args:?}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                let shot = self.screenshot("failure-dbus");
+                panic!(
+                    "dbus-send {method} {args:?}: {}\nscreen: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    shot.display(),
+                    self.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -330,6 +339,7 @@ fn accounts_xml(jid: &str, password: &str, port: u16) -> String {
    <enabled type="bool">true</enabled>
    <auto type="bool">false</auto>
    <enable-sm type="bool">true</enable-sm>
+   <keep-alive type="bool">true</keep-alive>
    <reconn type="bool">true</reconn>
    <log type="bool">true</log>
    <id type="QString">veil-test</id>
@@ -353,10 +363,17 @@ fn accounts_xml(jid: &str, password: &str, port: u16) -> String {
     )
 }
 
-/// Only what differs from Psi's defaults: no tip of the day (its dialog would cover the roster).
+/// Only what differs from Psi's defaults: no tip of the day (its dialog would cover the roster);
+/// no file-transfer listener (by default Psi listens on port 8010 on every interface, and a
+/// second instance shows a modal "Unable to bind to port 8010" that blocks its start-up).
 const OPTIONS_XML: &str = r#"<!DOCTYPE options>
 <options version="1.5" xmlns="http://psi-im.org/options">
  <options>
+  <p2p>
+   <bytestreams>
+    <listen-port type="int">0</listen-port>
+   </bytestreams>
+  </p2p>
   <ui>
    <tip>
     <show type="bool">false</show>
