@@ -119,8 +119,8 @@ pub struct Policy {
 
     vis: Visibility,
     /// The global invisibility was set by an undirected XEP-0018 `invisible` and no per-contact
-    /// exception has been recorded since: an undirected available presence that is not
-    /// away/xa then ends it (Psi goes back online that way; see [`xep0018`]).
+    /// exception has been recorded since: an undirected available presence without `<show/>`
+    /// then ends it (Psi goes back online that way; see [`xep0018`]).
     xep0018_global: bool,
     /// The client has started a presence session (sent available presence, or XEP-0018
     /// `invisible` as its initial presence) and not ended it.

@@ -1,8 +1,8 @@
 //! Ordinary presence from the client, under whatever visibility the session has.
 //!
 //! The rules in one place:
-//! - **Undirected available** after an undirected XEP-0018 `invisible` with no per-contact
-//!   exception since, and not away/xa: ends that invisibility first ([`xep0018`]).
+//! - **Undirected available without `<show/>`** after an undirected XEP-0018 `invisible` with no
+//!   per-contact exception since: ends that invisibility first ([`xep0018`]).
 //! - **Undirected available**: if nobody is hidden, it goes to the server, which broadcasts it.
 //!   Otherwise it is withheld from the server and fanned out as directed presence to the
 //!   contacts allowed to see the resource (XEP-0018); with everyone hidden that is nobody
@@ -27,7 +27,7 @@ use crate::xml::element::{escape, set_start_tag_attr};
 pub(super) const UNAVAILABLE: Bytes = Bytes::from_static(b"<presence type='unavailable'/>");
 
 pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
-    if p.xep0018_global && !xep0018::may_be_auto_away(raw) {
+    if p.xep0018_global && xep0018::is_plain_online(raw) {
         xep0018::ended_by_presence(p);
     }
     p.available = true;

@@ -1124,9 +1124,10 @@ fn undirected_invisible_while_broadcasting_stops_the_server() {
     let outs = h.client(L5);
     assert_eq!(briefs(&outs), ["server presence type=unavailable"]);
     assert!(!h.p.server_broadcasting());
-    // Auto-away stays withheld (a deliberate status would end the invisibility: see
+    // A status change stays withheld (a plain "online" would end the invisibility: see
     // `psi_invisible_from_the_start_then_online_is_visible_to_everyone`).
     assert!(h.client(XA).is_empty());
+    assert!(h.client(L14).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1426,7 +1427,7 @@ fn directed_invisible_beyond_the_limit_is_not_silently_ignored() {
 
 // ---------------------------------------------------------------------------------------------
 // XEP-0018 ended by a plain presence (Psi): after an undirected `invisible` with no per-contact
-// exception since, an available presence that is not away/xa makes the session visible again.
+// exception since, an available presence without <show/> makes the session visible again.
 
 /// What Psi 1.5 sends for "Invisible" and then for "Online".
 const PSI_INVISIBLE: &str = "<presence type='invisible'><priority>5</priority>\
@@ -1462,24 +1463,26 @@ fn psi_invisible_from_the_start_then_online_is_visible_to_everyone() {
 }
 
 #[test]
-fn auto_away_while_globally_invisible_stays_withheld() {
+fn status_changes_while_globally_invisible_stay_withheld() {
     let mut h = H::with_roster(BOTH3);
     h.client(PSI_ONLINE);
     h.client(PSI_INVISIBLE);
-    for away in [
+    for status in [
         XA,
         "<presence><show>away</show><status>Auto Status (idle)</status></presence>",
-        "<presence><show> away </show></presence>",
+        "<presence><show>dnd</show></presence>",
+        "<presence><show>chat</show><priority>5</priority></presence>",
+        "<presence><show/></presence>",
     ] {
-        assert!(h.client(away).is_empty(), "{away}");
-        assert!(h.p.is_hidden(), "{away}");
+        assert!(h.client(status).is_empty(), "{status}");
+        assert!(h.p.is_hidden(), "{status}");
         assert!(!h.p.server_broadcasting());
     }
-    // A deliberate status (chat, dnd, plain) ends it, with that presence.
-    let dnd = "<presence><show>dnd</show></presence>";
-    let outs = h.client(dnd);
+    // "Online" (no <show/>) ends it, with that presence.
+    let online = "<presence><status>back</status></presence>";
+    let outs = h.client(online);
     assert_eq!(briefs(&outs), ["server presence"]);
-    assert_eq!(outs[0].raw, Bytes::from(dnd));
+    assert_eq!(outs[0].raw, Bytes::from(online));
     assert!(!h.p.is_hidden());
 }
 

@@ -18,14 +18,14 @@
 //!
 //! **Back online with a plain presence.** Psi (and the servers it was written for, ejabberd 2.x)
 //! ends an undirected `invisible` with an ordinary available presence, never `type='visible'`.
-//! §4.1 says undirected presence while invisible to *selected* contacts must not reveal the user
-//! (auto-away). The rule that serves both: after an undirected `invisible`, as long as no
+//! §3.1 and §4.1 say presence updates while invisible (auto-away, a new status) must not reveal
+//! the user. The rule that serves both: after an undirected `invisible`, as long as no
 //! per-contact exception has been recorded since (a directed `visible`/`invisible` that differs
-//! from the global mode), an undirected available presence acts as an undirected `visible`
-//! followed by that presence — unless its `<show/>` is `away` or `xa`, which an idle timer may
-//! have sent without the user (Psi 1.5 itself sends no auto-away while invisible:
-//! `autoAwayStatus` keeps the manual status when it is invisible), so it stays withheld. XEP-0186
-//! invisibility is never ended by presence (rule 3).
+//! from the global mode), an undirected available presence *without `<show/>`* ("online", what
+//! Psi sends for it) acts as an undirected `visible` followed by that presence. A presence with a
+//! `<show/>` (away, xa, dnd, chat: an idle timer's or a status change while invisible) stays
+//! withheld. (Psi 1.5 sends no auto-away while invisible: `autoAwayStatus` keeps a manual
+//! invisible status.) XEP-0186 invisibility is never ended by presence (rule 3).
 
 use bytes::Bytes;
 
@@ -123,15 +123,11 @@ pub(super) fn ended_by_presence(p: &mut Policy) {
     p.fan_out_pending = false;
 }
 
-/// A presence with `<show>away</show>` or `xa`, which an idle timer may have sent; unparsable
-/// counts as away (it then stays withheld).
-pub(super) fn may_be_auto_away(raw: &Bytes) -> bool {
-    let Ok(presence) = Element::parse(raw, NS_CLIENT, &[]) else {
-        return true;
-    };
-    presence
-        .child("show", NS_CLIENT)
-        .is_some_and(|show| matches!(show.text().trim(), "away" | "xa"))
+/// An available presence without `<show/>` ("online"); unparsable counts as not (it then stays
+/// withheld).
+pub(super) fn is_plain_online(raw: &Bytes) -> bool {
+    Element::parse(raw, NS_CLIENT, &[])
+        .is_ok_and(|presence| presence.child("show", NS_CLIENT).is_none())
 }
 
 fn exception_fits(p: &Policy, contact: &BareJid) -> bool {

@@ -10,8 +10,8 @@
 //! its JIDs currently see the resource available. After every event:
 //!
 //! 1. nobody sees the resource unless the reference visibility lets it: the contact may see
-//!    (global mode and XEP-0018 exceptions; an undirected available presence that is not
-//!    away/xa ends an undirected XEP-0018 `invisible` with no exception since), or the JID was shown the resource by the client
+//!    (global mode and XEP-0018 exceptions; an undirected available presence without `<show/>`
+//!    ends an undirected XEP-0018 `invisible` with no exception since), or the JID was shown the resource by the client
 //!    itself (directed available, XEP-0018 directed `visible`) since it was last hidden from;
 //! 2. no output (to either side) is a presence of type `invisible` or `visible`;
 //! 3. the server never gets an undirected `unavailable` while it does not hold the session
@@ -312,7 +312,7 @@ struct Reference {
     explicit: BTreeSet<String>,
     /// The global invisibility comes from an undirected XEP-0018 `invisible`, and no directed
     /// `invisible`/`visible` differing from the global mode came since: an undirected available
-    /// presence that is not away/xa ends it (Psi's way back online).
+    /// presence without `<show/>` ends it (Psi's way back online).
     plain_xep0018: bool,
 }
 
@@ -330,9 +330,7 @@ impl Reference {
             Event::DirectedAvailable(t) => {
                 self.explicit.insert(t.jid().to_owned());
             }
-            Event::Available(show)
-                if self.plain_xep0018 && !matches!(show, Some("away" | "xa")) =>
-            {
+            Event::Available(None) if self.plain_xep0018 => {
                 self.global = Mode::Visible;
                 self.exceptions.clear();
                 self.plain_xep0018 = false;
