@@ -7,6 +7,16 @@ command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ejabberdctl >/dev/null 2>&1 || missing+=(ejabberd)
 # mod_privacy_lists (the privacy-list strategy on Prosody) comes from prosody-modules.
 [ -f /usr/lib/prosody/modules/mod_privacy_lists/mod_privacy_lists.lua ] || missing+=(prosody-modules)
+# tests/real_clients.rs: Psi under Xvfb with its own D-Bus session, xdotool to press keys,
+# ImageMagick's `import` for screenshots; mcabber in tmux.
+command -v psi >/dev/null 2>&1 || missing+=(psi)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus-daemon)
+command -v dbus-send >/dev/null 2>&1 || missing+=(dbus-x11)
+command -v xdotool >/dev/null 2>&1 || missing+=(xdotool)
+command -v import >/dev/null 2>&1 || missing+=(imagemagick)
+command -v mcabber >/dev/null 2>&1 || missing+=(mcabber)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -20,6 +20,7 @@ both_servers!(
     tcp_drop_then_resume_stays_invisible,
     resume_the_proxy_does_not_hold_is_refused,
     hibernation_timeout_still_tells_everyone,
+    stream_close_ends_the_session_a_drop_after_unavailable_keeps_it,
 );
 
 /// Invisible IQ (consumed, answered by the proxy), withheld presence, XEP-0018 fan-out (one
@@ -248,6 +249,48 @@ async fn resume_the_proxy_does_not_hold_is_refused(kind: Kind) {
     .expect("unknown id");
     assert!(err.contains("<failed"), "{err}");
     assert!(proxy::metric("xmpp_veil_sm_resumptions_total{result=\"failed\"}") >= 2.0);
+}
+
+/// A client that closes its stream (`</stream:stream>`) has ended its session: the proxy closes
+/// the upstream stream too and a later `<resume/>` fails. A client that sends `unavailable` and
+/// then drops the TCP connection without closing the stream (what Psi 1.5 does at "Offline":
+/// measured in `tests/real_clients.rs`) left a resumable stream, as the server itself would see
+/// it: the session is held, and the client could resume it.
+async fn stream_close_ends_the_session_a_drop_after_unavailable_keeps_it(kind: Kind) {
+    let w = world(kind).await;
+    let joe = w.joe(Opts::new("closer").sm(true)).await;
+    let jid = joe.jid.clone();
+    joe.send("<presence type='invisible'/>").await;
+    joe.request_ack(T).await;
+    let snap = joe.sm_snapshot();
+    joe.close().await;
+    let err = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("closer").resume(&snap.id.expect("sm id"), snap.inbound, &jid),
+    )
+    .await
+    .err()
+    .expect("a closed stream cannot be resumed");
+    assert!(err.contains("<failed"), "{err}");
+
+    let joe = w.joe(Opts::new("psi").sm(true)).await;
+    let jid = joe.jid.clone();
+    joe.send("<presence type='invisible'/>").await;
+    joe.send("<presence type='unavailable'/>").await;
+    joe.request_ack(T).await;
+    let snap = joe.sm_snapshot();
+    joe.drop_tcp();
+    let back = Client::connect(
+        w.proxy.starttls,
+        "joe",
+        "joe-pw",
+        Opts::new("psi").resume(&snap.id.expect("sm id"), snap.inbound, &jid),
+    )
+    .await
+    .expect("a dropped stream is resumed");
+    assert!(back.resumed().is_some());
 }
 
 /// A fake upstream that offers stream management with a `location`, then redirects with

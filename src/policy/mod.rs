@@ -123,6 +123,10 @@ pub struct Policy {
     disco_ids: HashSet<String>,
 
     vis: Visibility,
+    /// The global invisibility was set by an undirected XEP-0018 `invisible` and no per-contact
+    /// exception has been recorded since: an undirected available presence without `<show/>`
+    /// then ends it (Psi goes back online that way; see [`xep0018`]).
+    xep0018_global: bool,
     /// The client has started a presence session (sent available presence, or XEP-0018
     /// `invisible` as its initial presence) and not ended it.
     available: bool,
@@ -170,6 +174,7 @@ impl Policy {
                 global: Mode::Visible,
                 exceptions: BTreeMap::new(),
             },
+            xep0018_global: false,
             available: false,
             last_presence: None,
             server_broadcasting: false,
@@ -324,8 +329,13 @@ impl Policy {
             return Ok(());
         };
         match (kind, payload.name.as_str(), payload.ns.as_str()) {
-            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0) => {
+            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0)
+            | (Some("set"), "visible", xep0186::NS_SLIXMPP_VISIBLE) => {
                 xep0186::command(self, &iq, payload, now, out);
+                return Ok(());
+            }
+            (Some("set"), _, xep0186::NS_SLIXMPP_VISIBLE) => {
+                xep0186::refuse(&iq, out);
                 return Ok(());
             }
             (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),

@@ -1,6 +1,8 @@
 //! Ordinary presence from the client, under whatever visibility the session has.
 //!
 //! The rules in one place:
+//! - **Undirected available without `<show/>`** after an undirected XEP-0018 `invisible` with no
+//!   per-contact exception since: ends that invisibility first ([`xep0018`]).
 //! - **Undirected available**: if nobody is hidden, it goes to the server, which broadcasts it.
 //!   Otherwise it is withheld from the server and fanned out as directed presence to the
 //!   contacts allowed to see the resource (XEP-0018); with everyone hidden that is nobody
@@ -18,13 +20,16 @@
 use bytes::Bytes;
 use jid::{BareJid, Jid};
 
-use super::{Action, MAX_SHOWN, Policy, privacy_list};
+use super::{Action, MAX_SHOWN, Policy, privacy_list, xep0018};
 use crate::xml::element::{escape, set_start_tag_attr};
 
 /// A plain undirected `unavailable`; directed copies are made from it.
 pub(super) const UNAVAILABLE: Bytes = Bytes::from_static(b"<presence type='unavailable'/>");
 
 pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
+    if p.xep0018_global && xep0018::is_plain_online(raw) {
+        xep0018::ended_by_presence(p);
+    }
     p.available = true;
     // A copy: a slice of the read buffer would keep the whole buffer alive.
     p.last_presence = Some(Bytes::copy_from_slice(raw));
@@ -33,6 +38,9 @@ pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Ac
     } else if p.vis.hides_anyone() {
         metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
         fan_out(p, out);
+    } else if p.uses_list() {
+        // A list that was in force (Psi's "Online" after "Invisible") is declined first.
+        privacy_list::show_to_everyone_now(p, raw, out);
     } else {
         p.server_broadcasting = true;
         out.push(Action::ToServer(raw.clone()));

@@ -665,6 +665,13 @@ pub(super) fn show_to_everyone(p: &mut Policy, mut after: Vec<Then>, out: &mut V
     sync(p, Vec::new(), after, out);
 }
 
+/// An undirected presence while nobody is hidden: it goes to the server once a list still in
+/// force is declined.
+pub(super) fn show_to_everyone_now(p: &mut Policy, raw: &Bytes, out: &mut Vec<Action>) {
+    p.server_broadcasting = true;
+    sync(p, Vec::new(), vec![Then::Available(raw.clone())], out);
+}
+
 /// XEP-0018 directed `invisible`: the contact is told `unavailable` in the same write as the
 /// list change that hides it from then on; nobody else notices anything.
 pub(super) fn invisible_to(p: &mut Policy, contact: jid::BareJid, out: &mut Vec<Action>) {

@@ -1124,6 +1124,9 @@ fn undirected_invisible_while_broadcasting_stops_the_server() {
     let outs = h.client(L5);
     assert_eq!(briefs(&outs), ["server presence type=unavailable"]);
     assert!(!h.p.server_broadcasting());
+    // A status change stays withheld (a plain "online" would end the invisibility: see
+    // `psi_invisible_from_the_start_then_online_is_visible_to_everyone`).
+    assert!(h.client(XA).is_empty());
     assert!(h.client(L14).is_empty());
 }
 
@@ -1420,6 +1423,157 @@ fn directed_invisible_beyond_the_limit_is_not_silently_ignored() {
         briefs(&refused),
         sorted(&fan_out)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// XEP-0018 ended by a plain presence (Psi): after an undirected `invisible` with no per-contact
+// exception since, an available presence without <show/> makes the session visible again.
+
+/// What Psi 1.5 sends for "Invisible" and then for "Online".
+const PSI_INVISIBLE: &str = "<presence type='invisible'><priority>5</priority>\
+    <c xmlns='http://jabber.org/protocol/caps' node='https://psi-im.org' ver='x' hash='sha-1'/>\
+    </presence>";
+const PSI_ONLINE: &str = "<presence><priority>5</priority>\
+    <c xmlns='http://jabber.org/protocol/caps' node='https://psi-im.org' ver='x' hash='sha-1'/>\
+    </presence>";
+
+#[test]
+fn psi_invisible_from_the_start_then_online_is_visible_to_everyone() {
+    let mut h = H::with_roster(BOTH3);
+    assert!(h.client(PSI_INVISIBLE).is_empty());
+    assert!(h.p.is_hidden());
+    let outs = h.client(PSI_ONLINE);
+    assert_eq!(
+        briefs(&outs),
+        ["server presence"],
+        "the server broadcasts it"
+    );
+    assert_eq!(outs[0].raw, Bytes::from(PSI_ONLINE), "as Psi sent it");
+    assert!(!h.p.is_hidden());
+    assert!(h.p.server_broadcasting());
+    assert_eq!(h.p.invisible_since(), None);
+    // Invisible again, then online again: the same round trip.
+    assert_eq!(
+        briefs(&h.client(PSI_INVISIBLE)),
+        ["server presence type=unavailable"]
+    );
+    assert!(h.p.is_hidden());
+    assert_eq!(briefs(&h.client(PSI_ONLINE)), ["server presence"]);
+    assert!(!h.p.is_hidden());
+}
+
+#[test]
+fn status_changes_while_globally_invisible_stay_withheld() {
+    let mut h = H::with_roster(BOTH3);
+    h.client(PSI_ONLINE);
+    h.client(PSI_INVISIBLE);
+    for status in [
+        XA,
+        "<presence><show>away</show><status>Auto Status (idle)</status></presence>",
+        "<presence><show>dnd</show></presence>",
+        "<presence><show>chat</show><priority>5</priority></presence>",
+        "<presence><show/></presence>",
+    ] {
+        assert!(h.client(status).is_empty(), "{status}");
+        assert!(h.p.is_hidden(), "{status}");
+        assert!(!h.p.server_broadcasting());
+    }
+    // "Online" (no <show/>) ends it, with that presence.
+    let online = "<presence><status>back</status></presence>";
+    let outs = h.client(online);
+    assert_eq!(briefs(&outs), ["server presence"]);
+    assert_eq!(outs[0].raw, Bytes::from(online));
+    assert!(!h.p.is_hidden());
+}
+
+#[test]
+fn a_per_contact_exception_keeps_undirected_presence_from_ending_invisibility() {
+    // §4.1 with the exception lifted again: the client uses per-contact invisibility, so its
+    // undirected presence never means "visible to all".
+    let mut h = H::with_roster(BOTH3);
+    h.client(L5);
+    h.client(L6);
+    h.client("<presence to='rynok@foo.com' type='invisible'/>");
+    assert!(h.p.visibility().exceptions.is_empty());
+    assert!(h.client(PSI_ONLINE).is_empty());
+    assert!(h.client(L14).is_empty());
+    assert!(h.p.is_hidden());
+    assert!(h.shown().is_empty());
+}
+
+#[test]
+fn directed_invisible_that_changes_nothing_keeps_the_plain_presence_rule() {
+    // Psi tells its gateway contacts `invisible` after going invisible ("pass invis to
+    // transports"): no exception is recorded, so "Online" still ends the invisibility.
+    let mut h = H::with_roster(BOTH3);
+    h.client(PSI_INVISIBLE);
+    assert!(
+        h.client("<presence to='icq.foo.com' type='invisible'><priority>5</priority></presence>")
+            .is_empty()
+    );
+    assert_eq!(briefs(&h.client(PSI_ONLINE)), ["server presence"]);
+    assert!(!h.p.is_hidden());
+}
+
+#[test]
+fn xep0186_invisibility_is_not_ended_by_presence() {
+    let mut h = H::with_roster(BOTH3);
+    h.command(INVISIBLE);
+    assert!(h.client(PSI_ONLINE).is_empty());
+    assert!(h.p.is_hidden());
+    // Also when it follows an XEP-0018 one: the last command decides.
+    h.client(PSI_INVISIBLE);
+    h.command(INVISIBLE);
+    assert!(h.client(PSI_ONLINE).is_empty());
+    assert!(h.p.is_hidden());
+    // And an XEP-0018 `invisible` after XEP-0186 is ended by presence like any other.
+    h.client(PSI_INVISIBLE);
+    assert_eq!(briefs(&h.client(PSI_ONLINE)), ["server presence"]);
+    assert!(!h.p.is_hidden());
+}
+
+#[test]
+fn hiding_from_everyone_for_lack_of_room_is_not_ended_by_presence() {
+    let mut h = H::with_roster(BOTH3);
+    h.client(XA);
+    for i in 0..MAX_EXCEPTIONS {
+        h.client(&format!("<presence to='e{i}@bar.org' type='invisible'/>"));
+    }
+    // No room for pgmillard's exception: the proxy hides from everyone (fail closed)...
+    let refused = h.client(L12);
+    assert!(
+        refused
+            .iter()
+            .any(|o| o.brief() == "client presence type=error")
+    );
+    assert_eq!(h.p.visibility().global, Mode::Invisible);
+    // ...and a plain presence must not undo that.
+    assert!(h.client(PSI_ONLINE).is_empty());
+    assert!(h.p.is_hidden());
+}
+
+#[test]
+fn slixmpp_invisible_and_visible_are_understood() {
+    // What slixmpp 1.8's XEP-0186 plugin sends: no `to`, no `probe`, `<visible/>` in a namespace
+    // of its own.
+    let mut h = H::with_roster(BOTH3);
+    h.client(PSI_ONLINE);
+    let outs = h.command("<iq type='set' id='s1'><invisible xmlns='urn:xmpp:invisible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["server presence type=unavailable"]);
+    assert!(h.p.is_hidden());
+    assert!(
+        h.command("<iq type='set' id='s2'><visible xmlns='urn:xmpp:visible:0'/></iq>")
+            .is_empty()
+    );
+    assert!(!h.p.is_hidden());
+    // Anything else in that namespace is refused and changes nothing.
+    h.command(INVISIBLE);
+    let outs = h.client("<iq type='set' id='s3'><invisible xmlns='urn:xmpp:visible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["client iq type=error"]);
+    assert!(outs[0].text().contains("bad-request"), "{}", outs[0].text());
+    assert!(h.p.is_hidden());
+    let outs = h.client("<iq type='set' id='s4'><query xmlns='urn:xmpp:visible:0'/></iq>");
+    assert_eq!(briefs(&outs), ["client iq type=error"]);
 }
 
 // ---------------------------------------------------------------------------------------------

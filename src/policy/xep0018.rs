@@ -15,10 +15,24 @@
 //!   (Listings 6–7).
 //!
 //! Exceptions are kept per bare JID: hiding from a contact hides from all its resources.
+//!
+//! **Back online with a plain presence.** Psi (and the servers it was written for, ejabberd 2.x)
+//! ends an undirected `invisible` with an ordinary available presence, never `type='visible'`.
+//! §3.1 and §4.1 say presence updates while invisible (auto-away, a new status) must not reveal
+//! the user. The rule that serves both: after an undirected `invisible`, as long as no
+//! per-contact exception has been recorded since (a directed `visible`/`invisible` that differs
+//! from the global mode), an undirected available presence *without `<show/>`* ("online", what
+//! Psi sends for it) acts as an undirected `visible` followed by that presence. A presence with a
+//! `<show/>` (away, xa, dnd, chat: an idle timer's or a status change while invisible) stays
+//! withheld. (Psi 1.5 sends no auto-away while invisible: `autoAwayStatus` keeps a manual
+//! invisible status.) XEP-0186 invisibility is never ended by presence (rule 3).
+
+use bytes::Bytes;
 
 use jid::{BareJid, Jid};
 
-use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, privacy_list, xep0186};
+use super::{Action, MAX_EXCEPTIONS, Mode, NS_CLIENT, Policy, presence, privacy_list, xep0186};
+use crate::xml::Element;
 
 fn count(command: &'static str) {
     metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0018", "command" => command)
@@ -28,6 +42,7 @@ fn count(command: &'static str) {
 pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
     count("invisible");
     if p.uses_list() {
+        p.xep0018_global = true;
         p.invisible_since.get_or_insert(now);
         let initial = !p.available;
         if initial {
@@ -41,6 +56,7 @@ pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
     }
     xep0186::hide_from_everyone(p, out);
     p.vis.set(Mode::Invisible);
+    p.xep0018_global = true;
     p.invisible_since.get_or_insert(now);
     if !p.available {
         // Listing 5: "invisible" as the initial presence starts a presence session.
@@ -52,6 +68,7 @@ pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
 pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
     count("visible");
     p.vis.set(Mode::Visible);
+    p.xep0018_global = false;
     p.invisible_since = None;
     p.fan_out_pending = false;
     if p.uses_list() {
@@ -67,8 +84,13 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
         // The request cannot be recorded, and it must not be ignored: fail closed by hiding
         // from everyone, and tell the client.
         invisible(p, now, out);
+        // Not a plain global invisibility: presence must not end it.
+        p.xep0018_global = false;
         presence::refuse_note(&contact, "resource-constraint", out);
         return;
+    }
+    if p.vis.global != Mode::Invisible {
+        p.xep0018_global = false;
     }
     if p.uses_list() {
         privacy_list::invisible_to(p, contact, out);
@@ -93,6 +115,9 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
         presence::refuse_note(&contact, "resource-constraint", out);
         return;
     }
+    if p.vis.global != Mode::Visible {
+        p.xep0018_global = false;
+    }
     if p.uses_list() {
         privacy_list::visible_to(p, contact, out);
         return;
@@ -109,6 +134,23 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
         let current = p.current_presence();
         presence::show_to(p, &current, contact, out);
     }
+}
+
+/// An undirected available presence ends a plain global XEP-0018 invisibility (see the module
+/// documentation): nobody is hidden any more, and the presence itself then goes to the server.
+pub(super) fn ended_by_presence(p: &mut Policy) {
+    count("visible");
+    p.vis.set(Mode::Visible);
+    p.xep0018_global = false;
+    p.invisible_since = None;
+    p.fan_out_pending = false;
+}
+
+/// An available presence without `<show/>` ("online"); unparsable counts as not (it then stays
+/// withheld).
+pub(super) fn is_plain_online(raw: &Bytes) -> bool {
+    Element::parse(raw, NS_CLIENT, &[])
+        .is_ok_and(|presence| presence.child("show", NS_CLIENT).is_none())
 }
 
 fn exception_fits(p: &Policy, contact: &BareJid) -> bool {

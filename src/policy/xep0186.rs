@@ -18,6 +18,10 @@ use crate::xml::element::escape;
 
 pub const NS_1: &str = "urn:xmpp:invisible:1";
 pub const NS_0: &str = "urn:xmpp:invisible:0";
+/// slixmpp 1.8's XEP-0186 plugin (Debian's `python3-slixmpp`) sends its `<invisible/>` in
+/// [`NS_0`] but its `<visible/>` in this namespace, which no version of the XEP has. A
+/// `<visible/>` in it can only mean one thing and is accepted; anything else in it is refused.
+pub const NS_SLIXMPP_VISIBLE: &str = "urn:xmpp:visible:0";
 
 /// Handles the IQ-set `iq` whose payload is `cmd` (`invisible` or `visible`).
 pub(super) fn command(
@@ -45,7 +49,18 @@ pub(super) fn command(
     out.push(Action::ToClient(result_reply(id, from)));
 }
 
+/// An IQ-set in [`NS_SLIXMPP_VISIBLE`] that is not `<visible/>`: what it asks is unclear, so
+/// nothing changes and the client gets `modify/bad-request`.
+pub(super) fn refuse(iq: &Element, out: &mut Vec<Action>) {
+    out.push(Action::ToClient(error_reply(
+        iq.attr("id").unwrap_or(""),
+        iq.attr("to"),
+        "bad-request",
+    )));
+}
+
 pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<Action>) {
+    p.xep0018_global = false;
     p.invisible_since.get_or_insert(now);
     p.probe = probe;
     p.probe_pending = false;
@@ -61,6 +76,7 @@ pub(super) fn go_invisible(p: &mut Policy, probe: bool, now: u64, out: &mut Vec<
 }
 
 fn go_visible(p: &mut Policy, out: &mut Vec<Action>) {
+    p.xep0018_global = false;
     p.invisible_since = None;
     p.probe = false;
     p.probe_pending = false;

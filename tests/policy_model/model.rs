@@ -10,7 +10,8 @@
 //! its JIDs currently see the resource available. After every event:
 //!
 //! 1. nobody sees the resource unless the reference visibility lets it: the contact may see
-//!    (global mode and XEP-0018 exceptions), or the JID was shown the resource by the client
+//!    (global mode and XEP-0018 exceptions; an undirected available presence without `<show/>`
+//!    ends an undirected XEP-0018 `invisible` with no exception since), or the JID was shown the resource by the client
 //!    itself (directed available, XEP-0018 directed `visible`) since it was last hidden from;
 //! 2. no output (to either side) is a presence of type `invisible` or `visible`;
 //! 3. the server never gets an undirected `unavailable` while it does not hold the session
@@ -309,6 +310,10 @@ struct Reference {
     /// JIDs the client showed the resource to since they were last hidden from: targets of its
     /// directed available presence, and (as bare JIDs) of its XEP-0018 directed `visible`.
     explicit: BTreeSet<String>,
+    /// The global invisibility comes from an undirected XEP-0018 `invisible`, and no directed
+    /// `invisible`/`visible` differing from the global mode came since: an undirected available
+    /// presence without `<show/>` ends it (Psi's way back online).
+    plain_xep0018: bool,
 }
 
 impl Reference {
@@ -325,22 +330,31 @@ impl Reference {
             Event::DirectedAvailable(t) => {
                 self.explicit.insert(t.jid().to_owned());
             }
+            Event::Available(None) if self.plain_xep0018 => {
+                self.global = Mode::Visible;
+                self.exceptions.clear();
+                self.plain_xep0018 = false;
+            }
             Event::Invisible18 | Event::Invisible186 { .. } => {
                 self.global = Mode::Invisible;
                 self.exceptions.clear();
                 self.explicit.clear();
+                self.plain_xep0018 = *e == Event::Invisible18;
             }
             Event::Visible18 | Event::Visible186 => {
                 self.global = Mode::Visible;
                 self.exceptions.clear();
+                self.plain_xep0018 = false;
             }
             Event::InvisibleTo18(t) => {
                 let bare = bare_of(t.jid());
+                self.plain_xep0018 &= self.global == Mode::Invisible;
                 self.exceptions.insert(bare.to_owned(), Mode::Invisible);
                 self.explicit.retain(|j| bare_of(j) != bare);
             }
             Event::VisibleTo18(t) => {
                 let bare = bare_of(t.jid());
+                self.plain_xep0018 &= self.global == Mode::Visible;
                 self.exceptions.insert(bare.to_owned(), Mode::Visible);
                 self.explicit.insert(bare.to_owned());
             }
@@ -402,6 +416,7 @@ impl World {
                 global: Mode::Visible,
                 exceptions: BTreeMap::new(),
                 explicit: BTreeSet::new(),
+                plain_xep0018: false,
             },
             roster_id: None,
         };
