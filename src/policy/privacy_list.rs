@@ -208,6 +208,7 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
             q.elements()
                 .any(|f| f.name == "feature" && f.attr("var") == Some(NS_PRIVACY))
         });
+        log_upstream_once(ok && has);
         if ok && has {
             start(p, out);
         } else {
@@ -251,6 +252,18 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
         }
     }
     true
+}
+
+/// What `auto` found, said once per process (one upstream), then per session at debug.
+fn log_upstream_once(has_lists: bool) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if has_lists {
+            tracing::info!("the upstream has privacy lists: invisible sessions hide with one");
+        } else {
+            tracing::info!("the upstream has no privacy lists: invisible sessions stay silent");
+        }
+    }
 }
 
 /// An answer to one of the proxy's privacy IQs that no longer waits (after a failure or a
