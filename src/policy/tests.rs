@@ -104,7 +104,7 @@ fn sorted(outs: &[Out]) -> Vec<String> {
     b
 }
 
-fn kind_of(xml: &str) -> ElementKind {
+pub(super) fn kind_of(xml: &str) -> ElementKind {
     match StartTag::parse(xml.as_bytes())
         .expect("test stanza")
         .name

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::privacy_list::{NS_BLOCKING, NS_PRIVACY};
 use super::roster::NS_ROSTER;
+use super::tests::kind_of;
 use super::*;
 use crate::xml::{Element, ElementKind, StartTag};
 
@@ -223,19 +224,6 @@ struct Scene {
     held: Vec<String>,
 }
 
-fn kind_of(xml: &str) -> ElementKind {
-    match StartTag::parse(xml.as_bytes())
-        .expect("test stanza")
-        .name
-        .as_str()
-    {
-        "presence" => ElementKind::Presence,
-        "iq" => ElementKind::Iq,
-        "message" => ElementKind::Message,
-        _ => ElementKind::Other,
-    }
-}
-
 impl Scene {
     fn new(strategy: Strategy, server: ModelServer) -> Scene {
         let mut sc = Scene {
@@ -345,6 +333,15 @@ impl Scene {
     fn mark(&self) -> usize {
         self.s.delivered.len()
     }
+}
+
+/// The actions as text, in order.
+fn texts(out: &[Action]) -> Vec<String> {
+    out.iter()
+        .map(|a| match a {
+            Action::ToServer(b) | Action::ToClient(b) => String::from_utf8_lossy(b).into_owned(),
+        })
+        .collect()
 }
 
 const INVISIBLE: &str = "<iq type='set' id='inv1'><invisible xmlns='urn:xmpp:invisible:1'/></iq>";
@@ -825,12 +822,7 @@ fn pushes_about_the_proxys_list_are_answered_by_the_proxy() {
     );
     sc.p.from_server(&Bytes::from(foreign), ElementKind::Iq, &mut out)
         .unwrap();
-    let texts: Vec<String> = out
-        .iter()
-        .map(|a| match a {
-            Action::ToServer(b) | Action::ToClient(b) => String::from_utf8_lossy(b).into_owned(),
-        })
-        .collect();
+    let texts = texts(&out);
     assert!(
         texts
             .iter()
@@ -863,12 +855,7 @@ fn blocking_a_hidden_contact_ends_the_servers_presence_around_the_block() {
     let mut out = Vec::new();
     sc.p.from_client(&Bytes::from(block), ElementKind::Iq, 1, &mut out)
         .unwrap();
-    let texts: Vec<String> = out
-        .iter()
-        .map(|a| match a {
-            Action::ToServer(b) | Action::ToClient(b) => String::from_utf8_lossy(b).into_owned(),
-        })
-        .collect();
+    let texts = texts(&out);
     assert_eq!(texts[0], "<presence type='unavailable'/>", "{texts:?}");
     assert!(texts[1].contains("<block"), "{texts:?}");
     assert!(texts[2].contains("<show>away</show>"), "{texts:?}");
