@@ -239,9 +239,23 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
         // left to resume (as without the proxy); Psi logs in afresh, with its status.
         eprintln!("ejabberd: Psi's stream resumed: {resumed}");
     }
-    for o in [&st, &pg] {
+    still_invisible_then_online(&w, &psi, &st, &pg, "the resumption").await;
+    psi.stop();
+    drop(w);
+}
+
+/// After Psi came back (`after`): nobody sees it, not a contact who logs in now; then "Online"
+/// shows it to everyone and "Invisible" hides it again.
+async fn still_invisible_then_online(
+    w: &common::world::World,
+    psi: &Psi,
+    st: &Client,
+    pg: &Client,
+    after: &str,
+) {
+    for o in [st, pg] {
         o.expect_none(
-            "presence from joe (resumed, invisible)",
+            &format!("presence from joe (after {after}, invisible)"),
             QUIET,
             presence_from_joe,
         )
@@ -249,22 +263,20 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
     }
     let ry = w.observer("rynok").await;
     ry.expect_none(
-        "presence from joe (rynok, after the resumption)",
+        &format!("presence from joe (rynok, after {after})"),
         QUIET,
         presence_from_joe,
     )
     .await;
     psi.set_status("online");
-    for o in [&st, &pg, &ry] {
-        o.wait_for("Psi online after the resumption", T, available_from_psi)
+    for o in [st, pg, &ry] {
+        o.wait_for(&format!("Psi online after {after}"), T, available_from_psi)
             .await;
     }
     let m = st.mark();
     psi.set_status("invisible");
     st.wait_for_since(m, "Psi invisible again", T, unavailable_from_psi)
         .await;
-    psi.stop();
-    drop(w);
 }
 
 /// Psi's TCP connection is cut (both sockets closed by the forwarder): Psi reconnects at once
@@ -299,30 +311,7 @@ async fn psi_connection_cut_stays_invisible(kind: Kind) {
     ))
     .await;
     psi.wait_history("after-the-cut", T).await;
-    for o in [&st, &pg] {
-        o.expect_none(
-            "presence from joe (reconnected, invisible)",
-            QUIET,
-            presence_from_joe,
-        )
-        .await;
-    }
-    let ry = w.observer("rynok").await;
-    ry.expect_none(
-        "presence from joe (rynok, after the reconnection)",
-        QUIET,
-        presence_from_joe,
-    )
-    .await;
-    psi.set_status("online");
-    for o in [&st, &pg, &ry] {
-        o.wait_for("Psi online after the reconnection", T, available_from_psi)
-            .await;
-    }
-    let m = st.mark();
-    psi.set_status("invisible");
-    st.wait_for_since(m, "Psi invisible again", T, unavailable_from_psi)
-        .await;
+    still_invisible_then_online(&w, &psi, &st, &pg, "the reconnection").await;
     psi.stop();
     drop(w);
 }
