@@ -670,7 +670,8 @@ pub(super) fn visible_fresh_start(p: &mut Policy, out: &mut Vec<Action>) {
 /// Nobody is hidden any more (XEP-0018 `visible`, or the last exception lifted): the list is
 /// declined, then the server gets the presence again and broadcasts it to everyone (those who
 /// already saw it get it twice).
-pub(super) fn show_to_everyone(p: &mut Policy, mut after: Vec<Then>, out: &mut Vec<Action>) {
+pub(super) fn show_to_everyone(p: &mut Policy, out: &mut Vec<Action>) {
+    let mut after = Vec::new();
     if p.available {
         p.server_broadcasting = true;
         after.push(Then::Available(p.current_presence()));

@@ -72,7 +72,7 @@ pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
     p.invisible_since = None;
     p.fan_out_pending = false;
     if p.uses_list() {
-        privacy_list::show_to_everyone(p, Vec::new(), out);
+        privacy_list::show_to_everyone(p, out);
         return;
     }
     presence::resume_server_broadcast(p, out);
