@@ -355,15 +355,20 @@ async fn raw_stream(addr: std::net::SocketAddr, source: &str) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// A Prosody with joe, plaintext c2s: the upstream of the limit tests.
+fn prosody_with_joe() -> Server {
+    Server::start(ServerOpts {
+        kind: Kind::Prosody,
+        users: vec![("joe", "joe-pw")],
+        require_tls: false,
+    })
+}
+
 /// Open connections per IP: the one over the limit gets `policy-violation`, counted; another
 /// address is not affected; a closed connection frees its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_concurrent_limit() {
-    let server = Server::start(ServerOpts {
-        kind: Kind::Prosody,
-        users: vec![("joe", "joe-pw")],
-        require_tls: false,
-    });
+    let server = prosody_with_joe();
     let p = proxy::start(
         server.c2s_addr(),
         "plain",
@@ -413,11 +418,7 @@ async fn per_ip_concurrent_limit() {
 /// New connections per minute per IP: past the burst, `policy-violation`, counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_rate_limit() {
-    let server = Server::start(ServerOpts {
-        kind: Kind::Prosody,
-        users: vec![("joe", "joe-pw")],
-        require_tls: false,
-    });
+    let server = prosody_with_joe();
     let p = proxy::start(
         server.c2s_addr(),
         "plain",
@@ -526,11 +527,7 @@ async fn client_addresses_in_the_logs_or_not() {
 /// header is taken off before the TLS handshake of the direct-TLS port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_cap_refusal_behind_a_load_balancer() {
-    let server = Server::start(ServerOpts {
-        kind: Kind::Prosody,
-        users: vec![("joe", "joe-pw")],
-        require_tls: false,
-    });
+    let server = prosody_with_joe();
     let p = proxy::start(
         server.c2s_addr(),
         "plain",

@@ -218,16 +218,7 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
         psi.full_jid()
     ))
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while fwd.accepted() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Psi never reconnected\n{}",
-            psi.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    psi_ready(&st, &psi).await;
+    reconnected(&fwd, &psi, &st, Duration::from_secs(300)).await;
     let resumed =
         common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") > resumed_before;
     if matches!(kind, Kind::Prosody) {
@@ -242,6 +233,21 @@ async fn psi_resumed_stream_stays_invisible(kind: Kind) {
     still_invisible_then_online(&w, &psi, &st, &pg, "the resumption").await;
     psi.stop();
     drop(w);
+}
+
+/// Waits (at most `limit`) for Psi's second connection through the forwarder, then for Psi to
+/// be ready again.
+async fn reconnected(fwd: &Forwarder, psi: &Psi, st: &Client, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while fwd.accepted() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Psi never reconnected\n{}",
+            psi.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    psi_ready(st, psi).await;
 }
 
 /// After Psi came back (`after`): nobody sees it, not a contact who logs in now; then "Online"
@@ -292,16 +298,7 @@ async fn psi_connection_cut_stays_invisible(kind: Kind) {
     psi_ready(&st, &psi).await;
     let resumed_before = common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}");
     fwd.cut();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while fwd.accepted() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Psi never reconnected\n{}",
-            psi.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    psi_ready(&st, &psi).await;
+    reconnected(&fwd, &psi, &st, Duration::from_secs(120)).await;
     let resumed =
         common::proxy::metric("xmpp_veil_sm_resumptions_total{result=\"ok\"}") > resumed_before;
     eprintln!("Psi reconnected after the cut; resumptions through the proxy grew: {resumed}");
