@@ -17,6 +17,7 @@ pub mod edge;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod ns;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod resume;
