@@ -179,14 +179,15 @@ enum WriteFailed {
 }
 
 impl Writer {
-    /// Writes as much of `out` as the leg takes now; returns how much it wrote.
+    /// Writes as much of `out` as the leg takes now; returns how much it wrote, and whether the
+    /// leg is blocked (its waker is then registered: trying again before it fires is useless).
     fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         out: &[u8],
         cx: &mut Context<'_>,
         limit: Duration,
-    ) -> Result<usize, WriteFailed> {
+    ) -> Result<(usize, bool), WriteFailed> {
         let mut written = 0;
         while written < out.len() {
             match Pin::new(&mut *io).poll_write(cx, &out[written..]) {
@@ -208,7 +209,8 @@ impl Writer {
                 Poll::Pending => {}
             }
         }
-        if written < out.len() || self.unflushed {
+        let blocked = written < out.len() || self.unflushed;
+        if blocked {
             let timer = self
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
@@ -221,7 +223,7 @@ impl Writer {
         } else {
             self.timer = None;
         }
-        Ok(written)
+        Ok((written, blocked))
     }
 }
 
@@ -309,6 +311,10 @@ where
     /// One turn of the relay: `Ready` when the session must end (`None`: the core knows why).
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
         let limit = self.shared.write_timeout;
+        // Legs that said "not now" in this turn: their wakers are registered, and asking again
+        // before they fire costs a poll of the TLS stack for nothing.
+        let (mut client_readable, mut server_readable) = (true, true);
+        let (mut client_writable, mut server_writable) = (true, true);
         loop {
             let mut progress = false;
             if let Some(rx) = &mut self.takeover
@@ -330,10 +336,11 @@ where
 
             // Writes first: what was queued goes out before more is read.
             let out = self.core.client_out();
-            if !out.is_empty() || self.to_client.unflushed {
+            if client_writable && (!out.is_empty() || self.to_client.unflushed) {
                 match self.to_client.poll_write(&mut self.client, out, cx, limit) {
-                    Ok(n) => {
+                    Ok((n, blocked)) => {
                         progress |= n > 0;
+                        client_writable = !blocked;
                         self.core.client_written(n);
                     }
                     Err(WriteFailed::Io(_)) => return Poll::Ready(Some(End::ClientGone)),
@@ -341,13 +348,14 @@ where
                 }
             }
             let out = self.core.server_out();
-            if !out.is_empty() || self.to_server.unflushed {
+            if server_writable && (!out.is_empty() || self.to_server.unflushed) {
                 match self
                     .to_server
                     .poll_write(&mut self.upstream, out, cx, limit)
                 {
-                    Ok(n) => {
+                    Ok((n, blocked)) => {
                         progress |= n > 0;
+                        server_writable = !blocked;
                         self.core.server_written(n);
                     }
                     Err(WriteFailed::Io(e)) => {
@@ -362,7 +370,10 @@ where
             }
 
             // Then reads, each only while the other leg's queue has room.
-            if !self.core.client_waits() && self.core.server_out().len() < HIGH_WATER {
+            if client_readable
+                && !self.core.client_waits()
+                && self.core.server_out().len() < HIGH_WATER
+            {
                 let core = &mut self.core;
                 match poll_read_with(&mut self.client, cx, |b| core.handle_client_bytes(b)) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Some(End::ClientGone)),
@@ -370,10 +381,13 @@ where
                         self.counters.bytes[0] += n as u64;
                         progress = true;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => client_readable = false,
                 }
             }
-            if self.core.end().is_none() && self.core.client_out().len() < HIGH_WATER {
+            if server_readable
+                && self.core.end().is_none()
+                && self.core.client_out().len() < HIGH_WATER
+            {
                 let core = &mut self.core;
                 match poll_read_with(&mut self.upstream, cx, |b| core.handle_server_bytes(b)) {
                     Poll::Ready(Ok(0)) => {
@@ -388,7 +402,7 @@ where
                         self.counters.bytes[1] += n as u64;
                         progress = true;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => server_readable = false,
                 }
             }
             if !progress {
