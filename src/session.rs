@@ -914,6 +914,9 @@ where
                 }
             }
         }
+        for (report, n) in self.policy.take_reports() {
+            m::count_policy_report(report, n);
+        }
         if let Some(sm) = self.sm.as_mut() {
             let (from_client, from_server) = match origin {
                 Origin::Client => (1, 0),
