@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::framer::{Framer, Item};
 use super::sm::{SmState, is_sm_stanza};
-use super::stanza::Scope;
+use super::stanza::{Scope, scope_of};
 use super::transport::{BoxIo, tls_wrap, trace_on, ts};
 use super::{
     Mech, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_SM, NS_STREAM, NS_TLS, Opts, Stanza, Tls, esc,
@@ -102,15 +102,7 @@ impl Conn {
             Item::Element(raw) => return Err(format!("expected stream header, got {raw}")),
             Item::Close => return Err("expected stream header, got stream end".to_string()),
         };
-        let mut scope = Scope::new();
-        for (k, v) in &attrs {
-            if k == "xmlns" {
-                scope.push((String::new(), v.clone()));
-            } else if let Some(p) = k.strip_prefix("xmlns:") {
-                scope.push((p.to_string(), v.clone()));
-            }
-        }
-        self.scope = scope;
+        self.scope = scope_of(&attrs);
         let features = self.next_element().await?;
         if features.name != "features" || features.ns != NS_STREAM {
             return Err(format!("expected stream features, got {}", features.raw));

@@ -288,15 +288,7 @@ impl Client {
             // Dropping every descriptor of the socket now sends the RST.
             self.sock = None;
         }
-        if let Some(r) = self.reader.take() {
-            r.abort();
-        }
-        if let Some(a) = self.acker.take() {
-            a.abort();
-        }
-        if let Ok(mut w) = self.writer.try_lock() {
-            w.take();
-        }
+        self.teardown();
     }
 
     fn teardown(&mut self) {

@@ -168,34 +168,10 @@ impl Client {
         timeout: Duration,
         pred: impl Fn(&Stanza) -> bool,
     ) -> Stanza {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.changed.subscribe();
-        loop {
-            {
-                let st = self.shared.state.lock().unwrap();
-                if let Some(s) = st.log.iter().skip(mark).find(|s| pred(s)) {
-                    return s.clone();
-                }
-                if st.closed() {
-                    drop(st);
-                    panic!(
-                        "[{}] connection closed while waiting for {what}\n{}",
-                        self.label,
-                        self.dump()
-                    );
-                }
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                panic!(
-                    "[{}] timed out after {timeout:?} waiting for {what}\n{}",
-                    self.label,
-                    self.dump()
-                );
-            }
-        }
+        self.wait_until(what, timeout, |st| {
+            st.log.iter().skip(mark).find(|s| pred(s)).cloned()
+        })
+        .await
     }
 
     /// Waits `quiet`; panics if any stanza in the whole log (before or during
@@ -212,46 +188,76 @@ impl Client {
         quiet: Duration,
         pred: impl Fn(&Stanza) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + quiet;
-        let mut rx = self.shared.changed.subscribe();
-        loop {
-            {
-                let st = self.shared.state.lock().unwrap();
-                if let Some(s) = st.log.iter().skip(mark).find(|s| pred(s)) {
-                    let s = s.clone();
-                    drop(st);
-                    panic!(
-                        "[{}] expected no {what}, but got #{}: {}\n{}",
-                        self.label,
-                        s.index,
-                        s.raw,
-                        self.dump()
-                    );
-                }
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return;
-            }
+        let found = self
+            .watch(quiet, |st| {
+                st.log.iter().skip(mark).find(|s| pred(s)).cloned()
+            })
+            .await;
+        if let Some(s) = found {
+            panic!(
+                "[{}] expected no {what}, but got #{}: {}\n{}",
+                self.label,
+                s.index,
+                s.raw,
+                self.dump()
+            );
         }
     }
 
     /// Waits until the peer closed the stream or the connection; `false` on timeout.
     pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let closed = self.watch(timeout, |st| st.closed().then_some(())).await;
+        closed.is_some() || self.closed()
+    }
+
+    /// Looks at the state now and after every change until `look` finds what it wants;
+    /// `None` once `timeout` has passed.
+    async fn watch<T>(
+        &self,
+        timeout: Duration,
+        mut look: impl FnMut(&State) -> Option<T>,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.shared.changed.subscribe();
         loop {
-            if self.closed() {
-                return true;
+            if let Some(found) = look(&self.shared.state.lock().unwrap()) {
+                return Some(found);
             }
             if tokio::time::timeout_at(deadline, rx.changed())
                 .await
                 .is_err()
             {
-                return self.closed();
+                return None;
             }
+        }
+    }
+
+    /// Like [`Client::watch`], but panics with `what` and the log on timeout, or if the
+    /// connection closes before `look` has found it.
+    pub(super) async fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut look: impl FnMut(&State) -> Option<T>,
+    ) -> T {
+        let found = self
+            .watch(timeout, |st| match look(st) {
+                Some(found) => Some(Ok(found)),
+                None => st.closed().then_some(Err(())),
+            })
+            .await;
+        match found {
+            Some(Ok(found)) => found,
+            Some(Err(())) => panic!(
+                "[{}] connection closed while waiting for {what}\n{}",
+                self.label,
+                self.dump()
+            ),
+            None => panic!(
+                "[{}] timed out after {timeout:?} waiting for {what}\n{}",
+                self.label,
+                self.dump()
+            ),
         }
     }
 

@@ -261,33 +261,9 @@ impl Client {
             }
             want
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.changed.subscribe();
-        loop {
-            {
-                let st = self.shared.state.lock().unwrap();
-                if let Some(&h) = st.sm.acks_from_peer.get(want) {
-                    return h;
-                }
-                if st.closed() {
-                    drop(st);
-                    panic!(
-                        "[{}] connection closed while waiting for <a/>\n{}",
-                        self.label,
-                        self.dump()
-                    );
-                }
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                panic!(
-                    "[{}] timed out after {timeout:?} waiting for <a/>\n{}",
-                    self.label,
-                    self.dump()
-                );
-            }
-        }
+        self.wait_until("<a/>", timeout, |st| {
+            st.sm.acks_from_peer.get(want).copied()
+        })
+        .await
     }
 }

@@ -67,34 +67,12 @@ macro_rules! element_helpers {
 
         /// First descendant (depth first) with this local name.
         pub fn find(&self, name: &str) -> Option<&Child> {
-            fn walk<'a>(cs: &'a [Child], name: &str) -> Option<&'a Child> {
-                for c in cs {
-                    if c.name == name {
-                        return Some(c);
-                    }
-                    if let Some(f) = walk(&c.children, name) {
-                        return Some(f);
-                    }
-                }
-                None
-            }
-            walk(&self.children, name)
+            find_in(&self.children, &|c| c.name == name)
         }
 
         /// First descendant (depth first) with this local name and namespace.
         pub fn find_ns(&self, name: &str, ns: &str) -> Option<&Child> {
-            fn walk<'a>(cs: &'a [Child], name: &str, ns: &str) -> Option<&'a Child> {
-                for c in cs {
-                    if c.name == name && c.ns == ns {
-                        return Some(c);
-                    }
-                    if let Some(f) = walk(&c.children, name, ns) {
-                        return Some(f);
-                    }
-                }
-                None
-            }
-            walk(&self.children, name, ns)
+            find_in(&self.children, &|c| c.name == name && c.ns == ns)
         }
 
         /// Text of the first direct child with this local name.
@@ -106,6 +84,19 @@ macro_rules! element_helpers {
 
 impl Child {
     element_helpers!();
+}
+
+/// The first of `children` and their descendants (depth first) that is `wanted`.
+fn find_in<'a>(children: &'a [Child], wanted: &dyn Fn(&Child) -> bool) -> Option<&'a Child> {
+    for c in children {
+        if wanted(c) {
+            return Some(c);
+        }
+        if let Some(found) = find_in(&c.children, wanted) {
+            return Some(found);
+        }
+    }
+    None
 }
 
 impl Stanza {
@@ -251,19 +242,24 @@ pub(super) fn attrs_of(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, Stri
     Ok(out)
 }
 
-/// Opens an element: its declarations become a new scope pushed on `scopes`.
-fn open_element(e: &BytesStart<'_>, scopes: &mut Vec<Scope>) -> Result<Child, String> {
-    let qname = e.name().as_ref().to_string();
-    let attrs = attrs_of(e)?;
+/// The namespace declarations among an element's attributes.
+pub(super) fn scope_of(attrs: &[(String, String)]) -> Scope {
     let mut scope = Scope::new();
-    for (k, v) in &attrs {
+    for (k, v) in attrs {
         if k == "xmlns" {
             scope.push((String::new(), v.clone()));
         } else if let Some(p) = k.strip_prefix("xmlns:") {
             scope.push((p.to_string(), v.clone()));
         }
     }
-    scopes.push(scope);
+    scope
+}
+
+/// Opens an element: its declarations become a new scope pushed on `scopes`.
+fn open_element(e: &BytesStart<'_>, scopes: &mut Vec<Scope>) -> Result<Child, String> {
+    let qname = e.name().as_ref().to_string();
+    let attrs = attrs_of(e)?;
+    scopes.push(scope_of(&attrs));
     let (prefix, local) = qname.split_once(':').unwrap_or(("", &qname));
     Ok(Child {
         name: local.to_string(),
