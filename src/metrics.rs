@@ -67,6 +67,22 @@ pub const STREAM_ERROR_CONDITIONS: &[&str] = &[
     "unsupported-version",
 ];
 
+/// Counts one of the policy's reports `n` times, under its metric: the policy reports, the shell
+/// counts (after applying the actions of the event that made the reports).
+pub fn count_policy_report(report: crate::policy::Report, n: u64) {
+    use crate::policy::Report;
+    match report {
+        Report::InvisibilityCommand { protocol, command } => metrics::counter!(
+            INVISIBILITY_COMMANDS,
+            "protocol" => protocol.label(),
+            "command" => command.label()
+        )
+        .increment(n),
+        Report::PresenceSuppressed => metrics::counter!(PRESENCE_SUPPRESSED).increment(n),
+        Report::PrivacyListFailed => metrics::counter!(PRIVACY_LIST_FAILURES).increment(n),
+    }
+}
+
 /// Installs the global recorder, registers every documented series at zero, and returns the
 /// handle that renders the Prometheus text (served by [`crate::health`]).
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -204,4 +220,49 @@ fn describe() {
         PROXY_PROTOCOL_REFUSED,
         "Connections refused for their PROXY protocol header (or its absence), by reason"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Report;
+
+    /// Each report lands in its contract series, counted as often as it was made.
+    #[test]
+    fn policy_reports_count_under_their_contract_names() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for (i, report) in Report::ALL.into_iter().enumerate() {
+                count_policy_report(report, i as u64 + 1);
+            }
+        });
+        let text = handle.render();
+        for (series, n) in [
+            (
+                "xmpp_veil_invisibility_commands_total{protocol=\"xep0186\",command=\"invisible\"}",
+                1,
+            ),
+            (
+                "xmpp_veil_invisibility_commands_total{protocol=\"xep0186\",command=\"visible\"}",
+                2,
+            ),
+            (
+                "xmpp_veil_invisibility_commands_total{protocol=\"xep0018\",command=\"invisible\"}",
+                3,
+            ),
+            (
+                "xmpp_veil_invisibility_commands_total{protocol=\"xep0018\",command=\"visible\"}",
+                4,
+            ),
+            ("xmpp_veil_presence_suppressed_total", 5),
+            ("xmpp_veil_privacy_list_failures_total", 6),
+        ] {
+            let line = format!("{series} {n}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
 }

@@ -18,11 +18,13 @@
 //! - [`xep0186`]: the invisible/visible IQ commands;
 //! - [`xep0018`]: `<presence type='invisible'/>` / `type='visible'`, global and per contact;
 //! - [`roster`]: the roster view the rules need;
-//! - [`inbound`]: stanzas from the server (bind result, roster, disco#info, stray invisible presence).
+//! - [`inbound`]: stanzas from the server (bind result, roster, disco#info, stray invisible presence);
+//! - [`report`]: what the policy did that the shell counts (the policy keeps no global counters).
 
 mod inbound;
 pub mod presence;
 pub mod privacy_list;
+pub mod report;
 pub mod roster;
 pub mod xep0018;
 pub mod xep0186;
@@ -34,6 +36,7 @@ use jid::{BareJid, FullJid, Jid};
 
 use crate::xml::{Element, ElementKind, FrameError, StartTag};
 pub use privacy_list::Strategy;
+pub use report::{Report, Reports};
 use roster::Roster;
 
 /// What the pump must do with the result of one event, in order.
@@ -152,6 +155,8 @@ pub struct Policy {
     /// The configured strategy, and what this session uses (learnt after binding).
     strategy: Strategy,
     list: privacy_list::State,
+    /// What the shell has still to count ([`Policy::take_reports`]).
+    reports: Reports,
 }
 
 impl Policy {
@@ -186,6 +191,7 @@ impl Policy {
             probe_pending: false,
             strategy,
             list: privacy_list::State::new(strategy),
+            reports: Reports::default(),
         }
     }
 
@@ -272,7 +278,7 @@ impl Policy {
         let tag = StartTag::parse(raw)?;
         let Some(me) = self.jid.as_ref().map(|j| j.to_bare()) else {
             // No presence before resource binding: the server would not route it either.
-            presence::refuse(raw, "not-authorized", out);
+            presence::refuse(self, raw, "not-authorized", out);
             return Ok(());
         };
         let to = match tag.attr("to") {
@@ -283,7 +289,7 @@ impl Policy {
                 Some(jid) => Some(jid),
                 None => {
                     // Cannot be tracked, so it cannot be allowed out.
-                    presence::refuse(raw, "jid-malformed", out);
+                    presence::refuse(self, raw, "jid-malformed", out);
                     return Ok(());
                 }
             },
@@ -306,7 +312,7 @@ impl Policy {
                 _,
             ) => out.push(Action::ToServer(raw.clone())),
             // An unknown type: we cannot tell what the server would make of it, so it stays here.
-            (Some(_), _) => presence::refuse(raw, "bad-request", out),
+            (Some(_), _) => presence::refuse(self, raw, "bad-request", out),
         }
         Ok(())
     }

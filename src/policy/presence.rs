@@ -20,6 +20,7 @@
 use bytes::Bytes;
 use jid::{BareJid, Jid};
 
+use super::report::Report;
 use super::{Action, MAX_SHOWN, Policy, privacy_list, xep0018};
 use crate::xml::element::{escape, set_start_tag_attr};
 
@@ -36,7 +37,7 @@ pub(super) fn undirected_available(p: &mut Policy, raw: &Bytes, out: &mut Vec<Ac
     if p.vis.hides_anyone() && p.uses_list() {
         privacy_list::undirected_available(p, raw, out);
     } else if p.vis.hides_anyone() {
-        metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+        p.report(Report::PresenceSuppressed);
         fan_out(p, out);
     } else if p.uses_list() {
         // A list that was in force (Psi's "Online" after "Invisible") is declined first.
@@ -53,7 +54,7 @@ pub(super) fn undirected_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<
     if p.server_broadcasting {
         out.push(Action::ToServer(raw.clone()));
     } else {
-        metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+        p.report(Report::PresenceSuppressed);
     }
     tell_unavailable(p, raw, |_| true, out);
     p.server_broadcasting = false;
@@ -61,7 +62,7 @@ pub(super) fn undirected_unavailable(p: &mut Policy, raw: &Bytes, out: &mut Vec<
 
 pub(super) fn directed_available(p: &mut Policy, raw: &Bytes, to: Jid, out: &mut Vec<Action>) {
     if !p.shown.contains_key(&to) && p.shown.len() >= MAX_SHOWN {
-        refuse(raw, "resource-constraint", out);
+        refuse(p, raw, "resource-constraint", out);
         return;
     }
     p.shown.insert(to.clone(), true);
@@ -284,8 +285,8 @@ fn push_directed(
 }
 
 /// Presence the proxy will not let out: the client gets a presence error instead.
-pub(super) fn refuse(raw: &Bytes, condition: &str, out: &mut Vec<Action>) {
-    metrics::counter!(crate::metrics::PRESENCE_SUPPRESSED).increment(1);
+pub(super) fn refuse(p: &mut Policy, raw: &Bytes, condition: &str, out: &mut Vec<Action>) {
+    p.report(Report::PresenceSuppressed);
     let id = crate::xml::StartTag::parse(raw)
         .ok()
         .and_then(|t| t.attr("id").map(|s| format!(" id='{}'", escape(s))))

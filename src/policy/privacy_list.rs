@@ -28,6 +28,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use jid::Jid;
 
+use super::report::Report;
 use super::{Action, Mode, Policy, presence};
 use crate::xml::Element;
 use crate::xml::element::escape;
@@ -132,7 +133,7 @@ impl Policy {
         }
     }
 
-    /// `"privacy_list"` or `"silent"`: how this session hides (for the metrics).
+    /// `"privacy_list"` or `"silent"`: how this session hides (the shell's gauge label).
     pub fn strategy_in_use(&self) -> &'static str {
         match self.list {
             State::List(_) => "privacy_list",
@@ -534,7 +535,7 @@ fn list_xml(name: &str, items: &[Item]) -> String {
 /// is declined (so that the proxy's directed presence is not blocked by it), and the silent
 /// strategy takes over from the current state.
 pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
-    metrics::counter!(crate::metrics::PRIVACY_LIST_FAILURES).increment(1);
+    p.report(Report::PrivacyListFailed);
     let State::List(list) = std::mem::replace(&mut p.list, State::Failed) else {
         return;
     };

@@ -1645,3 +1645,102 @@ fn detach_tells_a_stranger_the_server_forgot_after_a_presence_error() {
     h.p.resumed(&mut out);
     assert_eq!(briefs(&check(out)), ["server presence to=stranger@bar.org"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reports: what the shell counts
+
+use super::report::{Command, Protocol};
+
+/// The reports made since the last call, as (report, count) pairs in slot order.
+fn reports(h: &mut H) -> Vec<(Report, u64)> {
+    h.p.take_reports().into_iter().collect()
+}
+
+fn command_report(protocol: Protocol, command: Command) -> Report {
+    Report::InvisibilityCommand { protocol, command }
+}
+
+#[test]
+fn an_invisible_or_visible_command_reports_one_command() {
+    let mut h = H::with_roster(BOTH3);
+    h.client("<presence/>");
+    assert!(
+        reports(&mut h).is_empty(),
+        "a visible presence is not counted"
+    );
+    h.command(INVISIBLE);
+    assert_eq!(
+        reports(&mut h),
+        [(command_report(Protocol::Xep0186, Command::Invisible), 1)]
+    );
+    assert!(
+        reports(&mut h).is_empty(),
+        "taking the reports empties them"
+    );
+    h.command(VISIBLE);
+    assert_eq!(
+        reports(&mut h),
+        [(command_report(Protocol::Xep0186, Command::Visible), 1)]
+    );
+}
+
+#[test]
+fn a_bad_invisible_command_reports_nothing() {
+    let mut h = H::with_roster(BOTH3);
+    let outs = h.client(
+        "<iq type='set' id='inv1'><invisible xmlns='urn:xmpp:invisible:1' probe='yes'/></iq>",
+    );
+    assert_eq!(briefs(&outs), ["client iq type=error"]);
+    assert!(reports(&mut h).is_empty());
+}
+
+#[test]
+fn xep0018_presence_reports_its_commands() {
+    let mut h = H::with_roster(BOTH3);
+    h.client("<presence type='invisible'/>");
+    h.client("<presence type='visible' to='stpeter@foo.com'/>");
+    assert_eq!(
+        reports(&mut h),
+        [
+            (command_report(Protocol::Xep0018, Command::Invisible), 1),
+            (command_report(Protocol::Xep0018, Command::Visible), 1)
+        ]
+    );
+    h.client("<presence type='visible'/>");
+    assert_eq!(
+        reports(&mut h),
+        [(command_report(Protocol::Xep0018, Command::Visible), 1)]
+    );
+}
+
+#[test]
+fn a_withheld_presence_reports_presence_suppressed() {
+    let mut h = H::with_roster(BOTH3);
+    h.command(INVISIBLE);
+    reports(&mut h);
+    h.client(XA);
+    assert_eq!(reports(&mut h), [(Report::PresenceSuppressed, 1)]);
+    // A silent session's undirected unavailable goes to nobody's server broadcast either.
+    h.client("<presence type='unavailable'/>");
+    assert_eq!(reports(&mut h), [(Report::PresenceSuppressed, 1)]);
+}
+
+#[test]
+fn a_refused_presence_reports_presence_suppressed() {
+    let mut h = H::with_roster(BOTH3);
+    let outs = h.client("<presence type='bogus'/>");
+    assert_eq!(briefs(&outs), ["client presence type=error"]);
+    assert_eq!(reports(&mut h), [(Report::PresenceSuppressed, 1)]);
+}
+
+#[test]
+fn messages_and_delivered_presence_report_nothing() {
+    let mut h = H::with_roster(BOTH3);
+    h.client("<message to='stpeter@foo.com'><body>hi</body></message>");
+    h.server("<message from='stpeter@foo.com/x'><body>hi</body></message>");
+    h.client("<presence/>");
+    h.client("<presence to='stranger@bar.org'/>");
+    h.client("<presence type='unavailable'/>");
+    h.end();
+    assert!(reports(&mut h).is_empty());
+}

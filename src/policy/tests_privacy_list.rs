@@ -583,6 +583,19 @@ fn a_refused_list_falls_back_to_silent_and_shows_nothing() {
         assert_eq!(sc.s.last(c), Some(Some("unavailable".into())), "{c}");
     }
     assert!(!sc.s.available, "silent: the server holds no presence");
+    let failed = sc.p.take_reports().count(Report::PrivacyListFailed);
+    assert_eq!(failed, 1, "the refused list is reported once");
+}
+
+#[test]
+fn a_list_that_works_reports_no_failure() {
+    let mut sc = Scene::standard();
+    sc.client("<presence/>");
+    sc.client(INVISIBLE);
+    assert_eq!(sc.p.strategy_in_use(), "privacy_list");
+    sc.client(VISIBLE);
+    sc.end();
+    assert_eq!(sc.p.take_reports().count(Report::PrivacyListFailed), 0);
 }
 
 #[test]

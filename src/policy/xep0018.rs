@@ -31,16 +31,19 @@ use bytes::Bytes;
 
 use jid::{BareJid, Jid};
 
+use super::report::{Command, Protocol, Report};
 use super::{Action, MAX_EXCEPTIONS, Mode, NS_CLIENT, Policy, presence, privacy_list, xep0186};
 use crate::xml::Element;
 
-fn count(command: &'static str) {
-    metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0018", "command" => command)
-        .increment(1);
+fn count(p: &mut Policy, command: Command) {
+    p.report(Report::InvisibilityCommand {
+        protocol: Protocol::Xep0018,
+        command,
+    });
 }
 
 pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
-    count("invisible");
+    count(p, Command::Invisible);
     if p.uses_list() {
         p.xep0018_global = true;
         p.invisible_since.get_or_insert(now);
@@ -66,7 +69,7 @@ pub(super) fn invisible(p: &mut Policy, now: u64, out: &mut Vec<Action>) {
 }
 
 pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
-    count("visible");
+    count(p, Command::Visible);
     p.vis.set(Mode::Visible);
     p.xep0018_global = false;
     p.invisible_since = None;
@@ -79,7 +82,7 @@ pub(super) fn visible(p: &mut Policy, out: &mut Vec<Action>) {
 }
 
 pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut Vec<Action>) {
-    count("invisible");
+    count(p, Command::Invisible);
     if !exception_fits(p, &contact) {
         // The request cannot be recorded, and it must not be ignored: fail closed by hiding
         // from everyone, and tell the client.
@@ -109,7 +112,7 @@ pub(super) fn invisible_to(p: &mut Policy, contact: BareJid, now: u64, out: &mut
 }
 
 pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>) {
-    count("visible");
+    count(p, Command::Visible);
     if !exception_fits(p, &contact) {
         // Not showing is the safe side of a request that cannot be recorded.
         presence::refuse_note(&contact, "resource-constraint", out);
@@ -139,7 +142,7 @@ pub(super) fn visible_to(p: &mut Policy, contact: BareJid, out: &mut Vec<Action>
 /// An undirected available presence ends a plain global XEP-0018 invisibility (see the module
 /// documentation): nobody is hidden any more, and the presence itself then goes to the server.
 pub(super) fn ended_by_presence(p: &mut Policy) {
-    count("visible");
+    count(p, Command::Visible);
     p.vis.set(Mode::Visible);
     p.xep0018_global = false;
     p.invisible_since = None;

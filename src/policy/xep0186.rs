@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 
+use super::report::{Command, Protocol, Report};
 use super::{Action, Mode, Policy, presence, privacy_list};
 use crate::xml::Element;
 use crate::xml::element::escape;
@@ -38,15 +39,20 @@ pub(super) fn command(
             out.push(Action::ToClient(error_reply(id, from, "bad-request")));
             return;
         };
-        metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0186", "command" => "invisible")
-            .increment(1);
+        p.report(command_report(Command::Invisible));
         go_invisible(p, probe, now, out);
     } else {
-        metrics::counter!(crate::metrics::INVISIBILITY_COMMANDS, "protocol" => "xep0186", "command" => "visible")
-            .increment(1);
+        p.report(command_report(Command::Visible));
         go_visible(p, out);
     }
     out.push(Action::ToClient(result_reply(id, from)));
+}
+
+fn command_report(command: Command) -> Report {
+    Report::InvisibilityCommand {
+        protocol: Protocol::Xep0186,
+        command,
+    }
 }
 
 /// An IQ-set in [`NS_SLIXMPP_VISIBLE`] that is not `<visible/>`: what it asks is unclear, so

@@ -23,6 +23,7 @@ use jid::BareJid;
 
 use super::ending::{End, Plan};
 use crate::ns;
+use crate::policy::report::Reports;
 use crate::policy::{Action, Policy, Strategy};
 use crate::resume::{DEFAULT_KEEP, Detached};
 use crate::stream::errors::{Condition, client_stream_header, stream_error};
@@ -298,6 +299,11 @@ impl Core {
     /// Stanzas counted since the last call.
     pub fn take_stanzas(&mut self) -> Stanzas {
         std::mem::take(&mut self.stanzas)
+    }
+
+    /// What the policy reported since the last call (the shell counts it).
+    pub fn take_reports(&mut self) -> Reports {
+        self.policy.take_reports()
     }
 
     /// The client's stanzas wait for the server (a resumption, or a privacy list, is open), or

@@ -13,6 +13,7 @@
 use bytes::Bytes;
 
 use super::core::{Core, Event, Origin, Phase, Sm};
+use crate::policy::report::Reports;
 use crate::resume::Detached;
 use crate::stream::errors::{Condition, stream_error};
 use crate::xml::Framer;
@@ -126,6 +127,8 @@ pub struct Plan {
     pub untold: usize,
     /// The server's framer, at its place in the stream, to read the server's last words.
     pub server_framer: Framer,
+    /// What the policy reported during the ending.
+    pub reports: Reports,
 }
 
 /// The plan for `end`, from the core's state.
@@ -190,6 +193,7 @@ pub fn plan(mut core: Core, end: End) -> Plan {
         told,
         untold,
         server_framer: core.take_server_framer(),
+        reports: core.take_reports(),
     }
 }
 
@@ -203,6 +207,7 @@ fn detach(mut core: Core, end: End) -> Plan {
     let mut steps = vec![Step::ToServer(to_server), Step::DropServer];
     let events = std::mem::take(&mut core.events);
     let server_framer = core.take_server_framer();
+    let reports = core.take_reports();
     if let Some(Sm {
         ns,
         id: Some(id),
@@ -231,6 +236,7 @@ fn detach(mut core: Core, end: End) -> Plan {
         told,
         untold: 0,
         server_framer,
+        reports,
     }
 }
 

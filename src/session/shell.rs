@@ -23,6 +23,7 @@ use super::Shared;
 use super::core::{Config, Core, Event, Stanzas};
 use super::ending::{End, Plan, Step};
 use crate::metrics as m;
+use crate::policy::report::Reports;
 use crate::proxy_protocol::Endpoints;
 use crate::resume::Detached;
 use crate::stream::errors::Condition;
@@ -294,7 +295,8 @@ where
             self.poll_relay(cx)
         })
         .await;
-        self.counters.publish(self.core.take_stanzas());
+        self.counters
+            .publish(self.core.take_stanzas(), self.core.take_reports());
         let Shell {
             client,
             upstream,
@@ -407,7 +409,8 @@ where
             }
             if !progress {
                 // Waiting: the counts go out, and quiet legs give their buffers back.
-                self.counters.publish(self.core.take_stanzas());
+                self.counters
+                    .publish(self.core.take_stanzas(), self.core.take_reports());
                 self.core.release_quiet();
                 return Poll::Pending;
             }
@@ -476,7 +479,11 @@ async fn carry_out<C, U>(
         told,
         untold,
         mut server_framer,
+        reports,
     } = plan;
+    for (report, n) in reports {
+        m::count_policy_report(report, n);
+    }
     for event in events {
         account(event, shared);
     }
@@ -593,7 +600,10 @@ impl Counters {
         }
     }
 
-    fn publish(&mut self, stanzas: Stanzas) {
+    fn publish(&mut self, stanzas: Stanzas, reports: Reports) {
+        for (report, n) in reports {
+            m::count_policy_report(report, n);
+        }
         for (handle, n) in self.stanzas.iter().zip(stanzas.0) {
             if n > 0 {
                 handle.increment(n);

@@ -73,7 +73,7 @@ impl Pair {
     }
 
     /// What the core queued for the client since the last call (as if written).
-    fn to_client(&mut self) -> String {
+    fn client_got(&mut self) -> String {
         let out = String::from_utf8_lossy(self.core.client_out()).into_owned();
         let n = self.core.client_out().len();
         self.core.client_written(n);
@@ -81,7 +81,7 @@ impl Pair {
     }
 
     /// What the core queued for the server since the last call (as if written).
-    fn to_server(&mut self) -> String {
+    fn server_got(&mut self) -> String {
         let out = String::from_utf8_lossy(self.core.server_out()).into_owned();
         let n = self.core.server_out().len();
         self.core.server_written(n);
@@ -104,7 +104,7 @@ impl Pair {
         p.events.clear();
         p.core.handle_connected();
         assert_eq!(
-            p.to_server(),
+            p.server_got(),
             CLIENT_HEADER,
             "the client's header goes first"
         );
@@ -115,20 +115,20 @@ impl Pair {
     fn authenticated() -> Pair {
         let mut p = Pair::connected();
         p.server(SERVER_HEADER).server(SASL_FEATURES);
-        assert_eq!(p.to_client(), format!("{SERVER_HEADER}{SASL_FEATURES}"));
+        assert_eq!(p.client_got(), format!("{SERVER_HEADER}{SASL_FEATURES}"));
         p.client(AUTH);
-        assert_eq!(p.to_server(), AUTH);
+        assert_eq!(p.server_got(), AUTH);
         assert!(matches!(p.core.phase(), Phase::Negotiating { .. }));
         assert!(p.core.authenticating());
         p.server(SUCCESS);
-        assert_eq!(p.to_client(), SUCCESS);
+        assert_eq!(p.client_got(), SUCCESS);
         assert!(matches!(p.core.phase(), Phase::Authenticated { .. }));
         assert!(!p.core.authenticating());
         // Both streams restart: the framers read new headers.
         p.client(CLIENT_HEADER);
-        assert_eq!(p.to_server(), CLIENT_HEADER);
+        assert_eq!(p.server_got(), CLIENT_HEADER);
         p.server(SERVER_HEADER).server(BIND_FEATURES);
-        assert_eq!(p.to_client(), format!("{SERVER_HEADER}{BIND_FEATURES}"));
+        assert_eq!(p.client_got(), format!("{SERVER_HEADER}{BIND_FEATURES}"));
         p
     }
 
@@ -136,11 +136,11 @@ impl Pair {
     fn bound() -> Pair {
         let mut p = Pair::authenticated();
         p.client(BIND);
-        assert_eq!(p.to_server(), BIND);
+        assert_eq!(p.server_got(), BIND);
         p.server(BOUND);
-        let roster_query = p.to_server();
+        let roster_query = p.server_got();
         assert!(roster_query.contains("jabber:iq:roster"), "{roster_query}");
-        assert_eq!(p.to_client(), BOUND);
+        assert_eq!(p.client_got(), BOUND);
         assert!(matches!(p.core.phase(), Phase::Bound));
         assert!(
             p.events
@@ -153,7 +153,7 @@ impl Pair {
              <item jid='bob@example.org' subscription='both'/></query></iq>"
         ));
         assert_eq!(
-            p.to_client(),
+            p.client_got(),
             "",
             "the proxy's own roster answer is consumed"
         );
@@ -165,12 +165,12 @@ impl Pair {
         let mut p = Pair::bound();
         p.client("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
         assert_eq!(
-            p.to_server(),
+            p.server_got(),
             "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
         );
         p.server("<enabled xmlns='urn:xmpp:sm:3' id='sm-1' resume='true' max='60' location='10.0.0.1:5222'/>");
         assert_eq!(
-            p.to_client(),
+            p.client_got(),
             "<enabled xmlns='urn:xmpp:sm:3' id='sm-1' resume='true' max='60'/>",
             "location would take a resuming client around the proxy"
         );
@@ -184,10 +184,10 @@ impl Pair {
     fn invisible_shown_to_bob() -> Pair {
         let mut p = Pair::bound();
         p.client(INVISIBLE);
-        assert!(p.to_client().contains("type='result'"));
-        p.to_server();
+        assert!(p.client_got().contains("type='result'"));
+        p.server_got();
         p.client(TO_BOB);
-        assert!(p.to_server().contains("bob@example.org"));
+        assert!(p.server_got().contains("bob@example.org"));
         assert!(p.core.policy.is_hidden());
         p
     }
@@ -231,7 +231,7 @@ fn bytes_after_the_header_wait_for_the_upstream() {
         "nothing goes anywhere before the connection"
     );
     p.core.handle_connected();
-    assert_eq!(p.to_server(), format!("{CLIENT_HEADER}{AUTH}"));
+    assert_eq!(p.server_got(), format!("{CLIENT_HEADER}{AUTH}"));
 }
 
 #[test]
@@ -276,8 +276,8 @@ fn compression_is_answered_by_the_proxy() {
     p.client(
         "<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>",
     );
-    assert_eq!(p.to_server(), "");
-    assert!(p.to_client().contains("<setup-failed/>"));
+    assert_eq!(p.server_got(), "");
+    assert!(p.client_got().contains("<setup-failed/>"));
 }
 
 #[test]
@@ -287,23 +287,23 @@ fn sm_counts_map_what_the_proxy_consumed_and_added() {
     p.client("<message to='bob@example.org'><body>hi</body></message>");
     p.client(INVISIBLE);
     assert!(
-        p.to_client().contains("type='result'"),
+        p.client_got().contains("type='result'"),
         "answered by the proxy"
     );
-    let upstream = p.to_server();
+    let upstream = p.server_got();
     assert!(upstream.contains("<message"));
     // The server acknowledges what it got: one message (the command never reached it).
     p.server("<a xmlns='urn:xmpp:sm:3' h='1'/>");
     assert_eq!(
-        p.to_client(),
+        p.client_got(),
         "<a xmlns='urn:xmpp:sm:3' h='2'/>",
         "the client sent two stanzas"
     );
     // The client acknowledges the proxy's own answer too; the server never sent it.
     p.server("<message from='bob@example.org' to='alice@example.org/r'><body>yo</body></message>");
-    p.to_client();
+    p.client_got();
     p.client("<a xmlns='urn:xmpp:sm:3' h='2'/>");
-    assert_eq!(p.to_server(), "<a xmlns='urn:xmpp:sm:3' h='1'/>");
+    assert_eq!(p.server_got(), "<a xmlns='urn:xmpp:sm:3' h='1'/>");
 }
 
 #[test]
@@ -329,17 +329,17 @@ fn a_bad_client_ack_is_the_clients_error_and_the_ending_still_tells_unavailable(
 fn a_second_enable_is_refused_by_the_proxy() {
     let mut p = Pair::resumable();
     p.client("<enable xmlns='urn:xmpp:sm:3'/>");
-    assert_eq!(p.to_server(), "");
-    assert!(p.to_client().contains("<unexpected-request "));
+    assert_eq!(p.server_got(), "");
+    assert!(p.client_got().contains("<unexpected-request "));
 }
 
 /// Detaches a resumable session whose client sent and received stanzas, and returns its state.
 fn detached_state() -> (String, Box<Detached>) {
     let mut p = Pair::resumable();
     p.client(INVISIBLE);
-    p.to_client();
+    p.client_got();
     p.server("<message from='bob@example.org' to='alice@example.org/r'><body>1</body></message>");
-    p.to_client();
+    p.client_got();
     let plan = p.core.finish(Some(End::ClientGone));
     let mut steps = plan.steps.into_iter();
     assert!(matches!(steps.next(), Some(Step::ToServer(_))));
@@ -370,16 +370,16 @@ fn resumption_continues_the_detached_session_with_its_counts_and_invisibility() 
         "the client's next stanzas wait for the outcome"
     );
     p.client("<presence/>");
-    assert_eq!(p.to_server(), "", "held while the resumption is open");
+    assert_eq!(p.server_got(), "", "held while the resumption is open");
     p.core.handle_resume_state(Some(*state));
     // The client says it received nothing: neither the proxy's IQ result nor the server's message.
-    let resume = p.to_server();
+    let resume = p.server_got();
     assert_eq!(
         resume,
         "<resume xmlns='urn:xmpp:sm:3' previd='sm-1' h='0'/>"
     );
     p.server("<resumed xmlns='urn:xmpp:sm:3' previd='sm-1' h='0'/>");
-    let to_client = p.to_client();
+    let to_client = p.client_got();
     assert!(
         to_client.starts_with("<resumed xmlns='urn:xmpp:sm:3' previd='sm-1' h='1'/>"),
         "the client sent one stanza (the command) that the server never saw: {to_client}"
@@ -399,7 +399,7 @@ fn resumption_continues_the_detached_session_with_its_counts_and_invisibility() 
             .any(|e| matches!(e, Event::RegisterLive { id, .. } if id == "sm-1"))
     );
     // The held presence goes on now, under the resumed invisibility: withheld.
-    assert_eq!(p.to_server(), "");
+    assert_eq!(p.server_got(), "");
 }
 
 #[test]
@@ -407,8 +407,8 @@ fn a_resumption_the_proxy_does_not_hold_is_refused() {
     let mut p = Pair::authenticated();
     p.client("<resume xmlns='urn:xmpp:sm:3' previd='nope' h='0'/>");
     p.core.handle_resume_state(None);
-    assert!(p.to_client().contains("<item-not-found "));
-    assert_eq!(p.to_server(), "");
+    assert!(p.client_got().contains("<item-not-found "));
+    assert_eq!(p.server_got(), "");
     assert!(matches!(p.core.phase(), Phase::Authenticated { .. }));
 }
 
@@ -418,9 +418,9 @@ fn a_resumption_the_server_refuses_gives_the_state_back() {
     let mut p = Pair::authenticated();
     p.client("<resume xmlns='urn:xmpp:sm:3' previd='sm-1' h='0'/>");
     p.core.handle_resume_state(Some(*state));
-    p.to_server();
+    p.server_got();
     p.server("<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
-    assert!(p.to_client().contains("<failed"));
+    assert!(p.client_got().contains("<failed"));
     assert!(
         p.events
             .iter()
@@ -433,12 +433,12 @@ fn a_resumption_the_server_refuses_gives_the_state_back() {
 fn resume_is_refused_before_authentication_and_after_binding() {
     let mut p = Pair::connected();
     p.server(SERVER_HEADER).server(SASL_FEATURES);
-    p.to_client();
+    p.client_got();
     p.client("<resume xmlns='urn:xmpp:sm:3' previd='sm-1' h='0'/>");
-    assert!(p.to_client().contains("<unexpected-request "));
+    assert!(p.client_got().contains("<unexpected-request "));
     let mut p = Pair::bound();
     p.client("<resume xmlns='urn:xmpp:sm:3' previd='sm-1' h='0'/>");
-    assert!(p.to_client().contains("<unexpected-request "));
+    assert!(p.client_got().contains("<unexpected-request "));
     assert!(
         !p.events
             .iter()
@@ -453,7 +453,7 @@ fn see_other_host_never_reaches_the_client() {
         "<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>\
          10.0.0.2</see-other-host></stream:error>",
     );
-    let out = p.to_client();
+    let out = p.client_got();
     assert!(
         !out.contains("10.0.0.2") && out.contains("<system-shutdown "),
         "{out}"
@@ -578,8 +578,8 @@ fn the_unavailables_go_out_before_the_close() {
             if resumable {
                 p.client("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
                 p.server("<enabled xmlns='urn:xmpp:sm:3' id='sm-2' resume='true'/>");
-                p.to_server();
-                p.to_client();
+                p.server_got();
+                p.client_got();
             }
             let label = format!("{end:?}, resumable: {resumable}");
             let upstream_open = end.upstream_open();
