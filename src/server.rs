@@ -20,7 +20,6 @@ use crate::edge::{Edge, Turned};
 use crate::metrics as m;
 use crate::resume::ResumeStore;
 use crate::session::{self, Shared};
-use crate::stream::client::negotiate_starttls;
 use crate::stream::upstream::UpstreamConfig;
 
 /// Time a refused client (over --max-connections) gets for its TLS handshake, to be told why.
@@ -266,16 +265,10 @@ async fn connection(
     };
     // Boxed, and the TLS stream too: the handshake's state is freed before the session starts,
     // and the session moves a pointer around instead of the 1 KiB stream.
-    let handshake = Box::pin(handshake(
-        tcp,
-        kind,
-        acceptor,
-        conn_id,
-        &shared,
-        auth_deadline,
-    ));
-    if let Some(tls) = handshake.await {
-        session::serve(tls, conn_id, auth_deadline, shared, endpoints).await;
+    let core = session::new_core(conn_id, &shared, kind == ListenerKind::Starttls);
+    let handshake = Box::pin(handshake(tcp, kind, acceptor, core, &shared, auth_deadline));
+    if let Some((tls, core)) = handshake.await {
+        session::serve(tls, core, auth_deadline, shared, endpoints).await;
     }
 }
 
@@ -284,30 +277,23 @@ async fn handshake(
     mut tcp: TcpStream,
     kind: ListenerKind,
     acceptor: Acceptor,
-    conn_id: u64,
+    core: Box<session::core::Core>,
     shared: &Shared,
     auth_deadline: Instant,
-) -> Option<Box<TlsStream<TcpStream>>> {
+) -> Option<(Box<TlsStream<TcpStream>>, Box<session::core::Core>)> {
     let _ = tcp.set_nodelay(true);
     tracing::debug!(?kind, "accepted");
     let handshake = async {
         let mut domain = None;
+        let mut core = core;
         if kind == ListenerKind::Starttls {
-            let id = format!("xv-{conn_id:x}");
-            match negotiate_starttls(&mut tcp, shared.limits, &id).await {
-                Ok(to) => domain = Some(to),
-                Err(refused) => {
-                    if refused.condition != "connection-closed" {
-                        metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => refused.condition)
-                            .increment(1);
-                    }
-                    tracing::info!(condition = refused.condition, reason = %refused.reason, "refused before TLS");
-                    return None;
-                }
-            }
+            // The session's core answers the stream before TLS.
+            let (ready, to) = session::pre_tls(&mut tcp, core, shared).await?;
+            core = ready;
+            domain = Some(to);
         }
         match acceptor.accept(tcp, domain.as_deref()).await {
-            Ok(tls) => Some(Box::new(tls)),
+            Ok(tls) => Some((Box::new(tls), core)),
             Err(e) => {
                 metrics::counter!(m::TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
                 tracing::info!(error = %e, "client TLS handshake failed");

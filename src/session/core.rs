@@ -43,7 +43,10 @@ const KEEP_QUEUE: usize = 64 * 1024;
 /// cannot be written (a resumption state outside a resumption, a user before SASL …).
 #[derive(Debug)]
 pub enum Phase {
-    /// Waiting for the client's stream header; nothing is connected upstream yet.
+    /// The client's first stream on a STARTTLS port, before TLS: the proxy answers it itself
+    /// (RFC 6120 5.4) and accepts nothing but `<starttls/>`.
+    PreTls(PreTls),
+    /// Waiting for the client's stream header (over TLS); nothing is connected upstream yet.
     Opening,
     /// The client's header is read; the shell connects upstream ([`Event::Connect`]).
     Connecting { header: Bytes },
@@ -58,8 +61,20 @@ pub enum Phase {
     },
     /// A resource is bound (or a stream resumed): the policy rules every stanza.
     Bound,
-    /// The session is over; [`Core::finish`] gives the plan.
+    /// Only while the phase moves from one step to the next (see `std::mem::replace`).
     Ended,
+}
+
+/// The steps of the exchange before TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTls {
+    /// Waiting for the client's stream header.
+    Header,
+    /// The proxy offered `<starttls><required/></starttls>`; waiting for `<starttls/>`.
+    Starttls,
+    /// `<proceed/>` is queued: the shell runs the TLS handshake ([`Event::StartTls`]), then
+    /// calls [`Core::handle_tls_established`].
+    Proceed,
 }
 
 /// The two steps of a resumption.
@@ -83,6 +98,9 @@ pub enum Resume {
 /// Work for the shell, in order.
 #[derive(Debug)]
 pub enum Event {
+    /// Write what is queued for the client (`<proceed/>`), then run the TLS handshake for
+    /// this domain.
+    StartTls { domain: String },
     /// Connect upstream for this domain, then call [`Core::handle_connected`] or
     /// [`Core::handle_connect_failed`].
     Connect { domain: String },
@@ -228,9 +246,19 @@ pub struct Core {
 }
 
 impl Core {
+    /// A session whose client connected over TLS (direct TLS, XEP-0368).
     pub fn new(config: Config) -> Core {
+        Core::with_phase(config, Phase::Opening)
+    }
+
+    /// A session on a STARTTLS port: the client's first stream is before TLS.
+    pub fn new_starttls(config: Config) -> Core {
+        Core::with_phase(config, Phase::PreTls(PreTls::Header))
+    }
+
+    fn with_phase(config: Config, phase: Phase) -> Core {
         Core {
-            phase: Phase::Opening,
+            phase,
             cf: Framer::with_limits(config.limits),
             // The server is trusted with deeper and wider elements than clients; its size bound stays.
             sf: Framer::with_limits(Limits {
@@ -312,7 +340,7 @@ impl Core {
     pub fn client_waits(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Connecting { .. } | Phase::Resuming { .. }
+            Phase::PreTls(PreTls::Proceed) | Phase::Connecting { .. } | Phase::Resuming { .. }
         ) || self.policy.awaits_server()
     }
 
@@ -320,8 +348,35 @@ impl Core {
     pub fn authenticating(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Opening | Phase::Connecting { .. } | Phase::Negotiating { .. }
+            Phase::PreTls(_)
+                | Phase::Opening
+                | Phase::Connecting { .. }
+                | Phase::Negotiating { .. }
         )
+    }
+
+    /// Nothing is relayed yet: no upstream, and the client has seen no server's stream header.
+    pub fn before_relay(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::PreTls(_) | Phase::Opening | Phase::Connecting { .. }
+        )
+    }
+
+    /// The client's stream has no header of the proxy's yet, so a refusal must start with one.
+    pub(super) fn owes_header(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::PreTls(PreTls::Header) | Phase::Opening | Phase::Connecting { .. }
+        )
+    }
+
+    /// The TLS handshake after `<proceed/>` succeeded: the client starts a new stream over TLS.
+    pub fn handle_tls_established(&mut self) {
+        if matches!(self.phase, Phase::PreTls(PreTls::Proceed)) {
+            self.cf.reset();
+            self.phase = Phase::Opening;
+        }
     }
 
     /// Frees the buffers of quiet legs whose output is written.
@@ -444,8 +499,10 @@ impl Core {
     }
 
     fn client_frame(&mut self, frame: Frame) -> Result<(), End> {
-        if matches!(self.phase, Phase::Opening) {
-            return self.client_opening(frame);
+        match self.phase {
+            Phase::PreTls(step) => return self.client_pre_tls(step, frame),
+            Phase::Opening => return self.client_opening(frame),
+            _ => {}
         }
         match frame {
             Frame::Whitespace(raw) => self.to_server.bytes.extend_from_slice(&raw),
@@ -472,10 +529,10 @@ impl Core {
         Ok(())
     }
 
-    /// The first frame of the client: its stream header.
-    fn client_opening(&mut self, frame: Frame) -> Result<(), End> {
+    /// The client's stream header, the first frame of each of its streams before the relay.
+    fn client_header(frame: Frame) -> Result<Option<(Bytes, StreamHeader, String)>, End> {
         let raw = match frame {
-            Frame::Whitespace(_) => return Ok(()),
+            Frame::Whitespace(_) => return Ok(None),
             Frame::StreamHeader(raw) => raw,
             _ => {
                 return Err(End::Refused(
@@ -492,6 +549,71 @@ impl Core {
                 Condition::HostUnknown,
                 "the stream header has no 'to'".into(),
             ));
+        };
+        Ok(Some((raw, header, domain)))
+    }
+
+    /// Before TLS on a STARTTLS port: the proxy answers the client's stream itself.
+    fn client_pre_tls(&mut self, step: PreTls, frame: Frame) -> Result<(), End> {
+        let required = || {
+            End::ClientError(
+                Condition::PolicyViolation,
+                "TLS is required before anything else".into(),
+            )
+        };
+        match step {
+            PreTls::Header => {
+                let Some((_, _, domain)) = Core::client_header(frame)? else {
+                    return Ok(());
+                };
+                self.domain = domain;
+                let header = self.own_header();
+                self.to_client.bytes.extend_from_slice(&header);
+                self.to_client.bytes.extend_from_slice(
+                    format!(
+                        "<stream:features><starttls xmlns='{}'><required/></starttls></stream:features>",
+                        ns::TLS
+                    )
+                    .as_bytes(),
+                );
+                self.phase = Phase::PreTls(PreTls::Starttls);
+            }
+            PreTls::Starttls => match frame {
+                Frame::Whitespace(_) => {}
+                Frame::StreamEnd(_) => return Err(End::ClientClosed),
+                Frame::Element { raw, .. } => {
+                    let element =
+                        Element::parse(&raw, ns::CLIENT, &prefix_refs(&self.client_prefixes));
+                    if !element.is_ok_and(|e| e.name == "starttls" && e.ns == ns::TLS) {
+                        return Err(required());
+                    }
+                    // The client must wait for <proceed/> before its TLS ClientHello.
+                    if self.cf.buffered() != 0 {
+                        return Err(End::ClientError(
+                            Condition::PolicyViolation,
+                            "data after <starttls/> before <proceed/>".into(),
+                        ));
+                    }
+                    self.to_client
+                        .bytes
+                        .extend_from_slice(format!("<proceed xmlns='{}'/>", ns::TLS).as_bytes());
+                    self.phase = Phase::PreTls(PreTls::Proceed);
+                    self.events.push(Event::StartTls {
+                        domain: self.domain.clone(),
+                    });
+                }
+                Frame::StreamHeader(_) => return Err(required()),
+            },
+            // Not read: the client's next bytes are its TLS handshake.
+            PreTls::Proceed => {}
+        }
+        Ok(())
+    }
+
+    /// The client's stream header (over TLS): the shell connects upstream.
+    fn client_opening(&mut self, frame: Frame) -> Result<(), End> {
+        let Some((raw, header, domain)) = Core::client_header(frame)? else {
+            return Ok(());
         };
         self.domain = domain.clone();
         self.policy = Policy::with_strategy(&domain, &self.id_prefix, self.strategy);
@@ -916,7 +1038,6 @@ impl Core {
             .take()
             .or(end)
             .unwrap_or(End::ServerGone("no reason given".into()));
-        self.phase = Phase::Ended;
         super::ending::plan(*self, end)
     }
 }

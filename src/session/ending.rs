@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::core::{Core, Event, Origin, Phase, Sm};
+use super::core::{Core, Event, Origin, Sm};
 use crate::policy::report::Reports;
 use crate::resume::Detached;
 use crate::stream::errors::{Condition, stream_error};
@@ -135,7 +135,9 @@ pub struct Plan {
 pub fn plan(mut core: Core, end: End) -> Plan {
     let mut steps = Vec::new();
     let resumable = core.sm.as_ref().is_some_and(|sm| sm.id.is_some());
-    if end.upstream_open() && resumable && end.client_lost() {
+    // Before the relay there is no upstream to tell anything.
+    let upstream_open = end.upstream_open() && !core.before_relay();
+    if upstream_open && resumable && end.client_lost() {
         return detach(core, end);
     }
     if let Some(id) = core.sm.as_ref().and_then(|sm| sm.id.clone()) {
@@ -143,7 +145,7 @@ pub fn plan(mut core: Core, end: End) -> Plan {
     }
     let mut told = 0;
     let mut untold = 0;
-    if end.upstream_open() {
+    if upstream_open {
         core.policy.session_end(&mut core.actions);
         told = core.actions.len();
         let _ = core.apply_actions(Origin::Proxy);
@@ -151,10 +153,8 @@ pub fn plan(mut core: Core, end: End) -> Plan {
         untold = core.policy.shown().count();
     }
     let (mut to_client, mut to_server) = core.take_queues();
-    let before_relay = matches!(core.phase, Phase::Opening | Phase::Connecting { .. })
-        || matches!(end, End::Refused(..) | End::Unreachable(_));
-    if before_relay {
-        // Nothing was relayed: the client has no stream header yet but the proxy's own.
+    if core.owes_header() {
+        // The client has no stream header to read an error in: the proxy's own comes first.
         to_client = core.own_header().to_vec();
     }
     match (&end, end.client_error()) {
@@ -173,7 +173,7 @@ pub fn plan(mut core: Core, end: End) -> Plan {
         _ => {}
     }
     core.set_hidden(None);
-    if end.upstream_open() {
+    if upstream_open {
         to_server.extend_from_slice(b"</stream:stream>");
         steps.push(Step::ToServer(to_server));
     }
@@ -181,7 +181,7 @@ pub fn plan(mut core: Core, end: End) -> Plan {
         steps.push(Step::ToClient(to_client));
         steps.push(Step::CloseClient);
     }
-    if end.upstream_open() {
+    if upstream_open {
         // Gives the server time to process the unavailables and answer the close.
         steps.push(Step::DrainServer);
         steps.push(Step::CloseServer);

@@ -53,23 +53,14 @@ thread_local! {
 /// relay lives in one box.
 pub async fn serve<C>(
     mut client: C,
-    conn_id: u64,
+    mut core: Box<Core>,
     auth_deadline: Instant,
     shared: std::sync::Arc<Shared>,
     endpoints: Endpoints,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut core = Box::new(Core::new(Config {
-        limits: shared.limits,
-        strategy: shared.strategy,
-        stream_id: format!("xv-{conn_id:x}-{nanos:x}"),
-        id_prefix: format!("veil{:x}{conn_id:x}", nanos & 0xffff_ffff),
-    }));
+    core.handle_tls_established();
     let opened = Box::pin(open(
         &mut client,
         &mut core,
@@ -102,6 +93,62 @@ pub async fn serve<C>(
             .await
         }
     }
+}
+
+/// A new session's core; `starttls`: the client connected to a STARTTLS port, and its first
+/// stream is before TLS.
+pub fn new_core(conn_id: u64, shared: &Shared, starttls: bool) -> Box<Core> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let config = Config {
+        limits: shared.limits,
+        strategy: shared.strategy,
+        stream_id: format!("xv-{conn_id:x}-{nanos:x}"),
+        id_prefix: format!("veil{:x}{conn_id:x}", nanos & 0xffff_ffff),
+    };
+    Box::new(if starttls {
+        Core::new_starttls(config)
+    } else {
+        Core::new(config)
+    })
+}
+
+/// The exchange before TLS on a STARTTLS port, carried out for the core: `Some` once
+/// `<proceed/>` is written and the TLS handshake may start, for the domain the client asked
+/// for; `None` when the client left or was refused (it has been told why).
+pub async fn pre_tls(
+    tcp: &mut tokio::net::TcpStream,
+    mut core: Box<Core>,
+    shared: &Shared,
+) -> Option<(Box<Core>, String)> {
+    let end = loop {
+        let out = core.client_out();
+        if !out.is_empty() {
+            let n = out.len();
+            if write_out(tcp, out).await.is_err() {
+                break End::ClientGone;
+            }
+            core.client_written(n);
+        }
+        while let Some(event) = core.poll_event() {
+            match event {
+                Event::StartTls { domain } => return Some((core, domain)),
+                event => account(event, shared),
+            }
+        }
+        if core.end().is_some() {
+            break End::ClientGone;
+        }
+        match read_with(tcp, |b| core.handle_client_bytes(b)).await {
+            Ok(0) | Err(_) => break End::ClientGone,
+            Ok(_) => {}
+        }
+    };
+    let plan = core.finish(Some(end));
+    carry_out(tcp, None::<tokio::net::TcpStream>, plan, shared, None).await;
+    None
 }
 
 /// Reads the client's stream header and connects upstream; on `Err` the session ends before
@@ -457,7 +504,10 @@ fn account(event: Event, shared: &Shared) {
             tracing::info!("resource bound");
         }
         // Only asked before the relay, or of the relay itself.
-        Event::Connect { .. } | Event::LookupResume { .. } | Event::RegisterLive { .. } => {}
+        Event::StartTls { .. }
+        | Event::Connect { .. }
+        | Event::LookupResume { .. }
+        | Event::RegisterLive { .. } => {}
     }
 }
 

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::core::{Config, Core, Event, Phase};
+use super::core::{Config, Core, Event, Phase, PreTls};
 use super::ending::{End, Step};
 use crate::policy::Strategy;
 use crate::resume::Detached;
@@ -638,4 +638,91 @@ fn a_partly_written_queue_goes_on_where_it_stopped() {
             .starts_with("rom='bob@example.org'><body>0123456789</body></message><stream:error"),
         "{to_client}"
     );
+}
+
+fn starttls_core() -> Pair {
+    Pair {
+        core: Box::new(Core::new_starttls(Config {
+            limits: Limits {
+                max_element: 64 * 1024,
+                max_depth: 32,
+                max_attributes: 64,
+            },
+            strategy: Strategy::Silent,
+            stream_id: "xv-test".into(),
+            id_prefix: "veiltest".into(),
+        })),
+        events: Vec::new(),
+    }
+}
+
+#[test]
+fn before_tls_the_proxy_answers_and_takes_only_starttls() {
+    let mut p = starttls_core();
+    assert!(matches!(p.core.phase(), Phase::PreTls(PreTls::Header)));
+    p.client(CLIENT_HEADER);
+    let answer = p.client_got();
+    assert!(
+        answer.starts_with("<?xml version='1.0'?><stream:stream"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>\
+             </starttls></stream:features>"
+        ),
+        "{answer}"
+    );
+    p.client("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert_eq!(
+        p.client_got(),
+        "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    );
+    assert!(matches!(p.events.as_slice(), [Event::StartTls { domain }] if domain == "example.org"));
+    assert!(
+        p.core.client_waits(),
+        "the next bytes are the TLS handshake"
+    );
+    assert_eq!(p.core.server_out(), b"", "nothing before TLS goes upstream");
+    p.events.clear();
+    p.core.handle_tls_established();
+    assert!(matches!(p.core.phase(), Phase::Opening));
+    p.client(CLIENT_HEADER);
+    assert!(matches!(p.events.as_slice(), [Event::Connect { .. }]));
+}
+
+#[test]
+fn before_tls_anything_but_starttls_is_a_policy_violation_in_the_answered_stream() {
+    for (what, sent) in [
+        (
+            "a stanza",
+            "<message to='bob@example.org'><body>in clear</body></message>",
+        ),
+        ("SASL", AUTH),
+        (
+            "data before <proceed/>",
+            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01",
+        ),
+    ] {
+        let mut p = starttls_core();
+        p.client(CLIENT_HEADER);
+        p.client_got();
+        p.client(sent);
+        assert!(
+            matches!(
+                p.core.end(),
+                Some(End::ClientError(Condition::PolicyViolation, _))
+            ),
+            "{what}: {:?}",
+            p.core.end()
+        );
+        let plan = p.core.finish(None);
+        let names: Vec<_> = plan.steps.iter().map(name).collect();
+        assert_eq!(names, ["to-client", "close-client"], "{what}: no upstream");
+        let to_client = client_bytes(&plan.steps);
+        assert!(
+            to_client.starts_with("<stream:error") && !to_client.contains("<proceed"),
+            "{what}: the header was sent already: {to_client}"
+        );
+    }
 }

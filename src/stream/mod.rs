@@ -1,11 +1,9 @@
 //! Stream negotiation on each leg, and the stream-level rewrites the proxy must make.
 //!
-//! - [`client`]: the pre-TLS part of a STARTTLS client connection, answered by the proxy itself;
 //! - [`upstream`]: the connection to the server (plain, STARTTLS negotiated by the proxy, direct TLS);
 //! - [`features`]: what is removed from the server's stream features;
 //! - [`errors`]: RFC 6120 stream errors and the proxy's own stream headers.
 
-pub mod client;
 pub mod errors;
 pub mod features;
 pub mod sasl;
