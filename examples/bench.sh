@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load benchmark of issue 6, in one command (run by hand, never in CI):
 #
-#   examples/bench.sh                  # everything: ~15 minutes on 2 cores
+#   examples/bench.sh                  # everything: ~10 minutes on 2 cores
+#   examples/bench.sh --rates 5000,20000,40000    # the fixed-rate scenarios (default 5000,20000)
 #   examples/bench.sh --rounds 1 --duration 3 --idle 1000    # a quick look
 #
 # Builds xmpp-veil and the benchmark tools in release, installs HAProxy (Debian package) if it is

@@ -3,5 +3,6 @@
 pub mod binary;
 pub mod client;
 pub mod proxy;
+pub mod raw;
 pub mod servers;
 pub mod world;
