@@ -4,25 +4,30 @@
 //! Layout:
 //! - [`xml`]: sans-IO framer (bytes → top-level elements) and a small parsed element;
 //! - [`policy`]: sans-IO invisibility rules, one state machine per session;
-//! - [`stream`]: stream negotiation on each leg and feature rewrites;
-//! - [`session`]: the pump that joins the two legs through the policy;
-//! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell;
-//! - [`proxy_protocol`], [`limits`]: the network edge (PROXY protocol, per-IP limits).
+//! - `session`: one session as a sans-IO core (the stream's phases, stream management,
+//!   resumption, the ending as a plan) under a full-duplex IO shell;
+//! - `stream`: the stream-level pieces the core uses (headers, feature rewrites, SASL, SM counts)
+//!   and the upstream connection;
+//! - [`server`], [`tls`], `certs`, [`config`], [`config_file`], [`health`], [`metrics`]: the
+//!   process around the sessions;
+//! - [`proxy_protocol`], `edge`, `limits`: the network edge (PROXY protocol, per-IP limits).
+//!
+//! The public API is what the binary, the tests and the benchmarks use; the rest is private.
 
-pub mod certs;
+mod certs;
 pub mod check;
 pub mod config;
 pub mod config_file;
-pub mod edge;
+mod edge;
 pub mod health;
-pub mod limits;
+mod limits;
 pub mod metrics;
 pub mod ns;
 pub mod policy;
 pub mod proxy_protocol;
-pub mod resume;
+mod resume;
 pub mod server;
-pub mod session;
-pub mod stream;
+mod session;
+mod stream;
 pub mod tls;
 pub mod xml;

@@ -136,6 +136,7 @@ impl PerIp {
     }
 
     /// Addresses (or /64s) with a connection open: bounded by the open connections.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.open.lock().map(|o| o.len()).unwrap_or(0)
     }

@@ -174,10 +174,12 @@ impl ResumeStore {
     }
 
     /// Sessions held now (live and detached).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -215,7 +217,7 @@ mod tests {
             policy,
             c2s: Counter::default(),
             s2c: Counter::default(),
-            ns: crate::stream::sm::NS_SM3,
+            ns: crate::ns::SM3,
             keep,
         }
     }

@@ -287,6 +287,7 @@ impl Core {
         }
     }
 
+    #[cfg(test)]
     pub fn phase(&self) -> &Phase {
         &self.phase
     }

@@ -22,7 +22,7 @@ use crate::resume::ResumeStore;
 use crate::stream::upstream::UpstreamConfig;
 use crate::xml::Limits;
 
-pub use shell::{HIGH_WATER, new_core, pre_tls, serve};
+pub use shell::{new_core, pre_tls, serve};
 
 /// What every session shares.
 pub struct Shared {

@@ -44,6 +44,8 @@ pub fn server_stream_header(domain: &str) -> Bytes {
 
 /// The RFC 6120 (section 4.9.3) stream error conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// The names are the RFC's (`undefined-condition`).
+#[allow(clippy::enum_variant_names)]
 pub enum Condition {
     BadFormat,
     BadNamespacePrefix,
