@@ -215,7 +215,7 @@ mod tests {
             policy,
             c2s: Counter::default(),
             s2c: Counter::default(),
-            ns: crate::stream::sm::NS_SM3,
+            ns: crate::ns::SM3,
             keep,
         }
     }

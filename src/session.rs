@@ -26,15 +26,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::metrics as m;
+use crate::ns::{
+    CLIENT as NS_CLIENT, SASL as NS_SASL, SM2 as NS_SM2, SM3 as NS_SM3, STREAMS as NS_STREAMS,
+    TLS as NS_TLS,
+};
 use crate::policy::{Action, Policy, Violation};
 use crate::proxy_protocol::Endpoints;
 use crate::resume::{DEFAULT_KEEP, Detached, ResumeStore};
-use crate::stream::errors::{NS_STREAMS, client_stream_header, stream_error};
-use crate::stream::sm::{Counter as SmCounter, NS_SM2, NS_SM3};
+use crate::stream::errors::{Condition, client_stream_header, stream_error};
+use crate::stream::sm::Counter as SmCounter;
 use crate::stream::upstream::{self, Upstream, UpstreamConfig};
-use crate::stream::{
-    NS_CLIENT, NS_SASL, NS_TLS, ReadError, StreamHeader, features, read_element, sasl,
-};
+use crate::stream::{ReadError, StreamHeader, features, read_element, sasl};
 use crate::xml::element::{remove_start_tag_attr, set_start_tag_attr};
 use crate::xml::{Element, ElementKind, Frame, FrameError, Framer, Limits};
 
@@ -115,7 +117,7 @@ where
             &mut client,
             &stream_id,
             "",
-            "connection-timeout",
+            Condition::ConnectionTimeout,
             "no stream header in time",
         )
         .await;
@@ -127,7 +129,7 @@ where
                 &mut client,
                 &stream_id,
                 "",
-                "not-well-formed",
+                Condition::NotWellFormed,
                 "expected a stream header",
             )
             .await;
@@ -148,7 +150,7 @@ where
             &mut client,
             &stream_id,
             "",
-            "host-unknown",
+            Condition::HostUnknown,
             "the stream header has no 'to'",
         )
         .await;
@@ -171,9 +173,9 @@ where
                     out.extend_from_slice(b"</stream:stream>");
                 }
                 None => {
-                    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => "remote-connection-failed").increment(1);
+                    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => Condition::RemoteConnectionFailed.as_str()).increment(1);
                     out.extend_from_slice(&stream_error(
-                        "remote-connection-failed",
+                        Condition::RemoteConnectionFailed,
                         "the server cannot be reached",
                     ));
                 }
@@ -188,7 +190,7 @@ where
                 &mut client,
                 &stream_id,
                 &domain,
-                "remote-connection-failed",
+                Condition::RemoteConnectionFailed,
                 "the server did not answer in time",
             )
             .await;
@@ -218,11 +220,11 @@ async fn refuse<C: AsyncWrite + Unpin, T>(
     client: &mut C,
     id: &str,
     domain: &str,
-    condition: &'static str,
+    condition: Condition,
     reason: &str,
 ) -> Option<T> {
-    tracing::info!(condition, reason, "stream refused");
-    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+    tracing::info!(%condition, reason, "stream refused");
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition.as_str()).increment(1);
     let mut out = client_stream_header(id, domain).to_vec();
     out.extend_from_slice(&stream_error(condition, reason));
     let _ = client.write_all(&out).await;
@@ -270,7 +272,7 @@ enum End {
     /// The client's connection dropped without a stream close.
     ClientGone,
     /// The client sent something the proxy refuses: it gets this stream error.
-    ClientError(&'static str, String),
+    ClientError(Condition, String),
     /// The server closed its stream (after a stream error, if it sent one).
     ServerClosed,
     /// The server's connection dropped or stalled: nothing more can be said to it.
@@ -517,7 +519,7 @@ where
             let result = tokio::select! {
                 _ = &mut cancelled => Err(End::Shutdown),
                 _ = &mut auth_timer, if !self.authenticated => Err(End::ClientError(
-                    "connection-timeout",
+                    Condition::ConnectionTimeout,
                     "authentication took too long".into(),
                 )),
                 request = takeover_request(&mut self.takeover) => Err(End::TakenOver(request)),
@@ -623,7 +625,7 @@ where
                 Ok(())
             }
             ("starttls", NS_TLS) => Err(End::ClientError(
-                "policy-violation",
+                Condition::PolicyViolation,
                 "TLS is already established".into(),
             )),
             ("compress", "http://jabber.org/protocol/compress") => {
@@ -668,7 +670,10 @@ where
                 // The client's count of what it received, as the server must see it.
                 if let Some(sm) = self.sm.as_mut().filter(|sm| sm.s2c.is_enabled()) {
                     let h = parse_h(&element).ok_or_else(|| {
-                        End::ClientError("undefined-condition", "<a/> without a valid h".into())
+                        End::ClientError(
+                            Condition::UndefinedCondition,
+                            "<a/> without a valid h".into(),
+                        )
                     })?;
                     let mapped = sm.s2c.ack(h);
                     self.to_server.extend_from_slice(&with_h(&raw, mapped)?);
@@ -879,7 +884,7 @@ where
                 if condition == "see-other-host" {
                     // Following the redirect would take the client around the proxy.
                     self.to_client.extend_from_slice(&stream_error(
-                        "system-shutdown",
+                        Condition::SystemShutdown,
                         "the server is moving; reconnect later",
                     ));
                     return Err(End::ServerClosed);
@@ -926,7 +931,7 @@ where
                 .and(sm.s2c.record(from_server, to_client));
             if counted.is_err() {
                 return Err(End::ClientError(
-                    "resource-constraint",
+                    Condition::ResourceConstraint,
                     "too many unacknowledged stanzas".into(),
                 ));
             }
@@ -1005,12 +1010,12 @@ where
         let client_error = match &end {
             End::ClientError(condition, reason) => Some((*condition, reason.as_str())),
             End::ClientStalled => Some((
-                "resource-constraint",
+                Condition::ResourceConstraint,
                 "the client does not read what it is sent",
             )),
-            End::Shutdown => Some(("system-shutdown", "the proxy is shutting down")),
+            End::Shutdown => Some((Condition::SystemShutdown, "the proxy is shutting down")),
             End::ServerGone(_) | End::ServerUnreadable(_) => Some((
-                "remote-connection-failed",
+                Condition::RemoteConnectionFailed,
                 "the connection to the server was lost",
             )),
             End::ClientClosed | End::ClientGone | End::TakenOver(_) | End::ServerClosed => None,
@@ -1020,12 +1025,13 @@ where
                 tracing::warn!(reason, "upstream lost");
             }
             (_, Some((condition, reason))) => {
-                tracing::info!(condition, reason, "stream error to the client")
+                tracing::info!(%condition, reason, "stream error to the client")
             }
             _ => tracing::info!(?end, "session ending"),
         }
         if let Some((condition, reason)) = client_error {
-            metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+            metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition.as_str())
+                .increment(1);
             self.to_client
                 .extend_from_slice(&stream_error(condition, reason));
         } else if matches!(end, End::ClientClosed) {
@@ -1267,7 +1273,7 @@ fn violation(v: Violation) -> End {
 fn stream_error_condition(error: &Element) -> String {
     error
         .elements()
-        .find(|e| e.ns == crate::stream::errors::NS_STREAM_ERRORS && e.name != "text")
+        .find(|e| e.ns == crate::ns::STREAM_ERRORS && e.name != "text")
         .map(|e| e.name.clone())
         .unwrap_or_else(|| "undefined-condition".into())
 }

@@ -4,14 +4,16 @@
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::errors::{client_stream_header, stream_error};
-use super::{NS_TLS, ReadError, StreamHeader, read_element};
+use super::errors::{Condition, client_stream_header, stream_error};
+use super::{ReadError, StreamHeader, read_element};
+use crate::ns;
 use crate::xml::{Element, Frame, Framer, Limits};
 
-/// A refusal: the stream error the client got, for the log and the metric.
+/// A refusal: the stream error the client got (`None`: the client closed, nothing was sent),
+/// for the log and the metric.
 #[derive(Debug)]
 pub struct Refused {
-    pub condition: &'static str,
+    pub condition: Option<Condition>,
     pub reason: String,
 }
 
@@ -30,14 +32,14 @@ pub async fn negotiate_starttls(
                 tcp,
                 stream_id,
                 "",
-                "not-well-formed",
+                Condition::NotWellFormed,
                 "expected a stream header",
             )
             .await;
         }
         Err(ReadError::Closed) => {
             return Err(Refused {
-                condition: "connection-closed",
+                condition: None,
                 reason: "client closed before its stream header".into(),
             });
         }
@@ -55,7 +57,7 @@ pub async fn negotiate_starttls(
             tcp,
             stream_id,
             "",
-            "host-unknown",
+            Condition::HostUnknown,
             "the stream header has no 'to'",
         )
         .await;
@@ -63,7 +65,8 @@ pub async fn negotiate_starttls(
     let mut answer = client_stream_header(stream_id, &domain).to_vec();
     answer.extend_from_slice(
         format!(
-            "<stream:features><starttls xmlns='{NS_TLS}'><required/></starttls></stream:features>"
+            "<stream:features><starttls xmlns='{}'><required/></starttls></stream:features>",
+            ns::TLS
         )
         .as_bytes(),
     );
@@ -72,12 +75,12 @@ pub async fn negotiate_starttls(
     let prefixes = header.prefix_refs();
     match read_element(tcp, &mut framer).await {
         Ok(Frame::Element { raw, .. }) => {
-            let is_starttls = Element::parse(&raw, super::NS_CLIENT, &prefixes)
-                .is_ok_and(|e| e.name == "starttls" && e.ns == NS_TLS);
+            let is_starttls = Element::parse(&raw, ns::CLIENT, &prefixes)
+                .is_ok_and(|e| e.name == "starttls" && e.ns == ns::TLS);
             if !is_starttls {
                 return refuse_in_stream(
                     tcp,
-                    "policy-violation",
+                    Condition::PolicyViolation,
                     "TLS is required before anything else",
                 )
                 .await;
@@ -85,14 +88,14 @@ pub async fn negotiate_starttls(
         }
         Ok(Frame::StreamEnd(_)) | Err(ReadError::Closed) => {
             return Err(Refused {
-                condition: "connection-closed",
+                condition: None,
                 reason: "client left before STARTTLS".into(),
             });
         }
         Ok(_) => {
             return refuse_in_stream(
                 tcp,
-                "policy-violation",
+                Condition::PolicyViolation,
                 "TLS is required before anything else",
             )
             .await;
@@ -105,18 +108,18 @@ pub async fn negotiate_starttls(
     if framer.buffered() != 0 {
         return refuse_in_stream(
             tcp,
-            "policy-violation",
+            Condition::PolicyViolation,
             "data after <starttls/> before <proceed/>",
         )
         .await;
     }
-    write(tcp, format!("<proceed xmlns='{NS_TLS}'/>").as_bytes()).await?;
+    write(tcp, format!("<proceed xmlns='{}'/>", ns::TLS).as_bytes()).await?;
     Ok(domain)
 }
 
 async fn write(tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), Refused> {
     tcp.write_all(bytes).await.map_err(|e| Refused {
-        condition: "connection-closed",
+        condition: None,
         reason: format!("write: {e}"),
     })
 }
@@ -125,7 +128,7 @@ async fn refuse<T>(
     tcp: &mut TcpStream,
     id: &str,
     domain: &str,
-    condition: &'static str,
+    condition: Condition,
     reason: &str,
 ) -> Result<T, Refused> {
     let mut bytes = client_stream_header(id, domain).to_vec();
@@ -133,20 +136,20 @@ async fn refuse<T>(
     let _ = tcp.write_all(&bytes).await;
     let _ = tcp.shutdown().await;
     Err(Refused {
-        condition,
+        condition: Some(condition),
         reason: reason.to_owned(),
     })
 }
 
 async fn refuse_in_stream<T>(
     tcp: &mut TcpStream,
-    condition: &'static str,
+    condition: Condition,
     reason: &str,
 ) -> Result<T, Refused> {
     let _ = tcp.write_all(&stream_error(condition, reason)).await;
     let _ = tcp.shutdown().await;
     Err(Refused {
-        condition,
+        condition: Some(condition),
         reason: reason.to_owned(),
     })
 }

@@ -22,9 +22,6 @@ use bytes::Bytes;
 /// anything must not make the proxy remember without bound.
 pub const MAX_POINTS: usize = 16_384;
 
-pub const NS_SM3: &str = "urn:xmpp:sm:3";
-pub const NS_SM2: &str = "urn:xmpp:sm:2";
-
 #[derive(Debug, Clone, Default)]
 pub struct Counter {
     enabled: bool,

@@ -27,8 +27,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use memchr::{memchr2, memchr3};
 
-/// Namespace of the stream root element.
-pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
+use crate::stream::errors::Condition;
 
 /// Deepest element nesting accepted inside one top-level element (the top-level element is 1).
 pub const MAX_DEPTH: usize = 256;
@@ -93,12 +92,12 @@ pub enum FrameError {
 
 impl FrameError {
     /// RFC 6120 stream error condition for this error.
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> Condition {
         match self {
-            FrameError::NotWellFormed(_) => "not-well-formed",
-            FrameError::RestrictedXml(_) => "restricted-xml",
-            FrameError::TooLarge { .. } | FrameError::Limit(_) => "policy-violation",
-            FrameError::InvalidNamespace(_) => "invalid-namespace",
+            FrameError::NotWellFormed(_) => Condition::NotWellFormed,
+            FrameError::RestrictedXml(_) => Condition::RestrictedXml,
+            FrameError::TooLarge { .. } | FrameError::Limit(_) => Condition::PolicyViolation,
+            FrameError::InvalidNamespace(_) => Condition::InvalidNamespace,
         }
     }
 }
@@ -1089,7 +1088,10 @@ fn stream_root_qname(tag: &[u8]) -> Result<Vec<u8>, FrameError> {
         .iter()
         .find(|a| tag.get(a.name.clone()) == Some(&decl[..]));
     match bound {
-        Some(a) if unescape_attr(tag.get(a.value.clone()).unwrap_or_default())? == STREAMS_NS => {
+        Some(a)
+            if unescape_attr(tag.get(a.value.clone()).unwrap_or_default())?
+                == crate::ns::STREAMS =>
+        {
             Ok(qname.to_vec())
         }
         _ => Err(FrameError::InvalidNamespace("stream namespace")),
@@ -1487,7 +1489,7 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
             "<stream:stream xmlns:stream='jabber:client'>",
             "<stream xmlns='jabber:client'>",
         ] {
-            assert_eq!(ns(cond).condition(), "invalid-namespace");
+            assert_eq!(ns(cond).condition(), Condition::InvalidNamespace);
         }
     }
 
@@ -1571,7 +1573,7 @@ xmlns:stream='http://etherx.jabber.org/streams'>";
             assert!(f.buffered() <= limit + 1);
         }
         assert_eq!(err, Some(FrameError::TooLarge { limit }));
-        assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
+        assert_eq!(err.map(|e| e.condition()), Some(Condition::PolicyViolation));
     }
 
     #[test]
@@ -1782,7 +1784,7 @@ mod limit_tests {
         assert_eq!(first_error(LIMITS, "<a><b><c><d/></c></b></a>"), None);
         let e = first_error(LIMITS, "<a><b><c><d><e/></d></c></b></a>").unwrap();
         assert_eq!(e, FrameError::Limit("elements nested too deeply"));
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition(), Condition::PolicyViolation);
     }
 
     #[test]
