@@ -9,6 +9,8 @@
 //! - [`server`], [`tls`], [`config`], [`metrics`]: the IO shell;
 //! - [`proxy_protocol`], [`limits`]: the network edge (PROXY protocol, per-IP limits).
 
+#![forbid(unsafe_code)]
+
 pub mod certs;
 pub mod check;
 pub mod config;
