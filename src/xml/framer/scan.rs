@@ -6,6 +6,7 @@ use memchr::{memchr2, memchr3};
 use super::MAX_DEPTH;
 use super::chars::{check_qname, decode_ref, is_name_char, is_name_start, is_ws, rest, skip_ws};
 use super::error::{FrameError, nwf, restricted};
+use super::tag::AttrSpan;
 
 /// Longest entity/character reference body (between `&` and `;`) accepted.
 const MAX_REF: usize = 32;
@@ -15,6 +16,9 @@ pub(super) enum Mode {
     Header,
     Body,
     Ended,
+    /// One start tag on its own ([`super::tag::scan_start_tag`]): stops after its `>`, with the
+    /// spans of its attributes.
+    Tag,
 }
 
 /// Scanner state; positions are offsets from the start of the current frame.
@@ -83,6 +87,12 @@ pub(super) struct Scanner {
     pub(super) max_attributes: usize,
     /// Attributes of the start tag being scanned.
     attributes: usize,
+    /// Where the attribute being scanned starts (before its whitespace), its name, the start of
+    /// its value; kept as spans in [`Mode::Tag`] only.
+    lead: usize,
+    attr_name: (usize, usize),
+    value_start: usize,
+    pub(super) spans: Vec<AttrSpan>,
 }
 
 impl Scanner {
@@ -99,7 +109,20 @@ impl Scanner {
             max_depth: MAX_DEPTH,
             max_attributes: usize::MAX,
             attributes: 0,
+            lead: 0,
+            attr_name: (0, 0),
+            value_start: 0,
+            spans: Vec::new(),
         }
+    }
+
+    /// A scanner for one start tag: `buf` will begin with `<` and a name start character.
+    pub(super) fn one_tag() -> Scanner {
+        let mut sc = Scanner::new();
+        sc.mode = Mode::Tag;
+        sc.st = St::Lt;
+        sc.pos = 1;
+        sc
     }
 
     /// Forget the partial frame (its bytes were returned or taken away).
@@ -113,7 +136,7 @@ impl Scanner {
                 self.decl_seen = false;
                 St::HeaderLead
             }
-            Mode::Body | Mode::Ended => St::FrameStart,
+            Mode::Body | Mode::Ended | Mode::Tag => St::FrameStart,
         };
     }
 
@@ -221,6 +244,9 @@ impl Scanner {
                     st = St::TagBody { ws: false };
                 }
                 St::TagBody { ws } => {
+                    if !ws {
+                        self.lead = pos;
+                    }
                     let p = skip_ws(buf, pos);
                     let ws = ws || p > pos;
                     pos = p;
@@ -229,10 +255,12 @@ impl Scanner {
                     match c {
                         b'>' => {
                             pos += 1;
-                            if self.mode == Mode::Header {
-                                return Ok(Some(Done::Header(pos)));
+                            match self.mode {
+                                Mode::Header => return Ok(Some(Done::Header(pos))),
+                                // The end of the one tag.
+                                Mode::Tag => return Ok(Some(Done::Element(pos))),
+                                Mode::Body | Mode::Ended => st = St::Content,
                             }
-                            st = St::Content;
                         }
                         b'/' => {
                             pos += 1;
@@ -276,6 +304,7 @@ impl Scanner {
                     };
                     pos += i;
                     check_qname(buf.get(start..pos).unwrap_or_default())?;
+                    self.attr_name = (start, pos);
                     st = St::AttrEq;
                 }
                 St::AttrEq => {
@@ -294,6 +323,7 @@ impl Scanner {
                         return Err(nwf("unquoted attribute value"));
                     }
                     pos += 1;
+                    self.value_start = pos;
                     st = St::AttrValue { quote: c };
                 }
                 St::AttrValue { quote } => match memchr3(quote, b'<', b'&', rest(buf, pos)) {
@@ -303,6 +333,14 @@ impl Scanner {
                             Some(&b'<') => return Err(nwf("'<' in attribute value")),
                             Some(&b'&') => st = St::Ref { amp: pos, quote },
                             _ => {
+                                if self.mode == Mode::Tag {
+                                    self.spans.push(AttrSpan {
+                                        lead: self.lead,
+                                        name: self.attr_name.0..self.attr_name.1,
+                                        value: self.value_start..pos,
+                                        end: pos + 1,
+                                    });
+                                }
                                 pos += 1;
                                 st = St::TagBody { ws: false };
                             }

@@ -1,10 +1,12 @@
-//! The start-tag grammar on a complete tag: names, quoting, `<` in values, references, duplicate
-//! attributes. Used for the stream root and by [`crate::xml::element`].
+//! One start tag on its own, as spans: for the stream root and [`crate::xml::element`]. The
+//! grammar is the scanner's ([`super::scan`]), run in its one-tag mode; duplicate attributes
+//! are checked here.
 
 use std::ops::Range;
 
-use super::chars::{check_qname, decode_ref, is_name_char, is_name_start, rest, skip_ws};
+use super::chars::{decode_ref, is_name_start};
 use super::error::{FrameError, nwf};
+use super::scan::{Done, Scanner};
 
 /// Byte spans of one attribute inside a start tag.
 #[derive(Debug, Clone)]
@@ -26,68 +28,21 @@ pub(crate) struct TagSpans {
 }
 
 /// Parse the start tag at the beginning of `raw`, checking its syntax (names, quoting, `<` in
-/// values, references) and rejecting duplicate attribute names.
+/// values, references) with the framer's own scanner, and rejecting duplicate attribute names.
 pub(crate) fn scan_start_tag(raw: &[u8]) -> Result<TagSpans, FrameError> {
     if raw.first() != Some(&b'<') {
         return Err(nwf("expected a start tag"));
     }
-    let name_end = 1 + rest(raw, 1)
-        .iter()
-        .take_while(|&&c| is_name_char(c))
-        .count();
-    let name = 1..name_end;
-    check_qname(raw.get(name.clone()).unwrap_or_default())?;
-    let mut attrs: Vec<AttrSpan> = Vec::new();
-    let mut pos = name_end;
-    loop {
-        let lead = pos;
-        pos = skip_ws(raw, pos);
-        match raw.get(pos) {
-            Some(b'>') => {
-                return finish_tag(raw, name, attrs);
-            }
-            Some(b'/') => {
-                if raw.get(pos + 1) != Some(&b'>') {
-                    return Err(nwf("expected '>' after '/'"));
-                }
-                return finish_tag(raw, name, attrs);
-            }
-            Some(&c) if is_name_start(c) => {
-                if pos == lead {
-                    return Err(nwf("missing whitespace before attribute"));
-                }
-            }
-            Some(_) => return Err(nwf("invalid character in tag")),
-            None => return Err(nwf("unterminated start tag")),
-        }
-        let an_start = pos;
-        pos += rest(raw, pos)
-            .iter()
-            .take_while(|&&c| is_name_char(c))
-            .count();
-        let an = an_start..pos;
-        check_qname(raw.get(an.clone()).unwrap_or_default())?;
-        pos = skip_ws(raw, pos);
-        if raw.get(pos) != Some(&b'=') {
-            return Err(nwf("expected '=' after attribute name"));
-        }
-        pos = skip_ws(raw, pos + 1);
-        let quote = match raw.get(pos) {
-            Some(&q @ (b'\'' | b'"')) => q,
-            _ => return Err(nwf("unquoted attribute value")),
-        };
-        let v_start = pos + 1;
-        let v_len = memchr::memchr(quote, rest(raw, v_start)).ok_or(nwf("unterminated value"))?;
-        let value = v_start..v_start + v_len;
-        check_attr_value(raw.get(value.clone()).unwrap_or_default())?;
-        pos = value.end + 1;
-        attrs.push(AttrSpan {
-            lead,
-            name: an,
-            value,
-            end: pos,
-        });
+    if !raw.get(1).is_some_and(|&c| is_name_start(c)) {
+        return Err(nwf("invalid name"));
     }
+    let mut sc = Scanner::one_tag();
+    match sc.scan(raw)? {
+        Some(Done::Element(_)) => {}
+        _ => return Err(nwf("unterminated start tag")),
+    }
+    let (start, end) = sc.root;
+    finish_tag(raw, start..end, std::mem::take(&mut sc.spans))
 }
 
 fn finish_tag(
@@ -109,21 +64,6 @@ fn finish_tag(
         return Err(nwf("duplicate attribute"));
     }
     Ok(TagSpans { name, attrs })
-}
-
-/// A raw attribute value: no `<`, only valid references.
-fn check_attr_value(v: &[u8]) -> Result<(), FrameError> {
-    if memchr::memchr(b'<', v).is_some() {
-        return Err(nwf("'<' in attribute value"));
-    }
-    let mut pos = 0;
-    while let Some(i) = memchr::memchr(b'&', rest(v, pos)) {
-        let body_start = pos + i + 1;
-        let len = memchr::memchr(b';', rest(v, body_start)).ok_or(nwf("bare '&'"))?;
-        decode_ref(v.get(body_start..body_start + len).unwrap_or_default())?;
-        pos = body_start + len + 1;
-    }
-    Ok(())
 }
 
 /// Unescape a raw attribute value with XML attribute-value normalization (TAB/CR/LF → space,
