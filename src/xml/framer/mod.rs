@@ -141,6 +141,10 @@ impl Framer {
     }
 
     fn step(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.is_empty() {
+            // Every frame needs a byte; the scanner would find nothing to do.
+            return Ok(None);
+        }
         let window = self.buf.len().min(self.limit);
         let done = {
             let Some(view) = self.buf.get(..window) else {

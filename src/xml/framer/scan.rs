@@ -162,6 +162,11 @@ impl Scanner {
         }
         loop {
             match st {
+                // A tag right after a tag (`<message><body>`) needs no search.
+                St::Content if buf.get(pos) == Some(&b'<') => {
+                    pos += 1;
+                    st = St::Lt;
+                }
                 St::Content => match memchr2(b'<', b'&', rest(buf, pos)) {
                     Some(i) => {
                         pos += i;
@@ -305,6 +310,13 @@ impl Scanner {
                     pos += i;
                     check_qname(buf.get(start..pos).unwrap_or_default())?;
                     self.attr_name = (start, pos);
+                    // The usual `name='value'`, straight to the value.
+                    if let Some(&[b'=', q @ (b'\'' | b'"')]) = buf.get(pos..pos + 2) {
+                        pos += 2;
+                        self.value_start = pos;
+                        st = St::AttrValue { quote: q };
+                        continue;
+                    }
                     st = St::AttrEq;
                 }
                 St::AttrEq => {
