@@ -239,7 +239,8 @@ impl Scanner {
                     if self.stack.is_empty() {
                         self.root = (start, pos);
                     }
-                    if self.mode != Mode::Header {
+                    // The stream root and a tag on its own have no content to nest.
+                    if matches!(self.mode, Mode::Body | Mode::Ended) {
                         if self.stack.len() >= self.max_depth {
                             return Err(FrameError::Limit("elements nested too deeply"));
                         }
