@@ -143,6 +143,46 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
+/// About 200-byte chat messages, each in a read of its own (the proxy's usual case below
+/// saturation): append to the buffer, frame, drop, give the empty buffer back.
+fn one_stanza_per_read(c: &mut Criterion) {
+    let mut rng = Lcg(7);
+    let stanzas: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            let mut body = String::new();
+            while body.len() < 92 {
+                body.push_str(WORDS[rng.range(0, WORDS.len())]);
+                body.push(' ');
+            }
+            format!(
+                "<message xmlns='jabber:client' to='user{}@example.com/res' type='chat' \
+                 id='m{i}'><body>{body}</body></message>",
+                i % 100
+            )
+            .into_bytes()
+        })
+        .collect();
+    let header = b"<stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>";
+    let mut g = c.benchmark_group("per_read");
+    g.throughput(Throughput::Elements(stanzas.len() as u64));
+    g.bench_function("message_200_bytes", |b| {
+        b.iter(|| {
+            let mut f = Framer::new(MAX_ELEMENT);
+            f.extend(header);
+            let _ = f.next_frame();
+            for s in &stanzas {
+                f.extend(s);
+                while let Ok(Some(fr)) = f.next_frame() {
+                    black_box(&fr);
+                }
+                f.release_if_empty();
+            }
+        })
+    });
+    g.finish();
+}
+
 fn inspection(c: &mut Criterion) {
     let presence: &[u8] = b"<presence from='juliet@example.com/balcony' to='romeo@example.net' \
         type='unavailable' id='p1'><show>away</show><status>be right back</status>\
@@ -174,6 +214,7 @@ fn frame_kinds_sanity() {
 fn all(c: &mut Criterion) {
     frame_kinds_sanity();
     framing(c);
+    one_stanza_per_read(c);
     inspection(c);
 }
 

@@ -7,15 +7,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{Config, UpstreamTls};
+use crate::ns;
+use crate::stream::errors::Condition;
 use crate::stream::upstream::{self, Upstream, UpstreamConfig};
-use crate::stream::{NS_SASL, NS_TLS, StreamHeader, read_element};
+use crate::stream::{StreamHeader, read_element};
 use crate::xml::{Element, Frame, Framer};
 
 /// A certificate closer to expiry than this is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 /// The server answered `host-unknown` for the domain.
-const HOST_UNKNOWN: &str = "host-unknown";
+const HOST_UNKNOWN: &str = Condition::HostUnknown.as_str();
 
 #[derive(Default)]
 struct Report {
@@ -168,7 +170,7 @@ async fn upstream_features(config: &Config, domains: &[String], r: &mut Report) 
 
 fn report_features(config: &Config, what: &str, f: &Element, r: &mut Report) {
     let tls = match config.upstream_tls {
-        UpstreamTls::Plain if f.child("starttls", NS_TLS).is_some() => {
+        UpstreamTls::Plain if f.child("starttls", ns::TLS).is_some() => {
             "plaintext (the server also offers STARTTLS)".to_owned()
         }
         UpstreamTls::Plain => "plaintext: keep it on loopback or a private network".to_owned(),
@@ -180,7 +182,7 @@ fn report_features(config: &Config, what: &str, f: &Element, r: &mut Report) {
         r.warn("upstream-insecure: the server certificate is NOT verified");
     }
     let mechanisms: Vec<String> = f
-        .child("mechanisms", NS_SASL)
+        .child("mechanisms", ns::SASL)
         .map(|m| m.elements().map(Element::text).collect())
         .unwrap_or_default();
     if mechanisms.is_empty() {
@@ -193,7 +195,7 @@ fn report_features(config: &Config, what: &str, f: &Element, r: &mut Report) {
             r.ok("SCRAM -PLUS mechanisms will be removed from the clients' offer (channel binding cannot cross the proxy)");
         }
     }
-    let sm = ["urn:xmpp:sm:3", "urn:xmpp:sm:2"]
+    let sm = [ns::SM3, ns::SM2]
         .into_iter()
         .find(|ns| f.child("sm", ns).is_some());
     match sm {
@@ -224,13 +226,13 @@ async fn features<S: AsyncRead + AsyncWrite + Unpin>(
         Frame::Element { raw, .. } => raw,
         _ => return Err("the server closed its stream".into()),
     };
-    let f = Element::parse(&raw, crate::stream::NS_CLIENT, &prefixes).map_err(|e| e.to_string())?;
+    let f = Element::parse(&raw, ns::CLIENT, &prefixes).map_err(|e| e.to_string())?;
     if f.name == "error" {
         let condition = f
             .elements()
             .next()
             .map_or("unknown".to_owned(), |c| c.name.clone());
-        if condition == "host-unknown" {
+        if Condition::from_name(&condition) == Condition::HostUnknown {
             return Err(HOST_UNKNOWN.into());
         }
         return Err(format!(

@@ -216,24 +216,6 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        // The environment is process-wide: the variable is read through the same clap path as
-        // XMPP_VEIL_UPSTREAM_TLS, simulated here with a command whose env var is unique.
-        // SAFETY: a variable no other test reads (clap reads it when `env` is set).
-        unsafe { std::env::set_var("XMPP_VEIL_TEST_UPSTREAM_ENV_ONLY", "from-env:1") };
-        let f = file("upstream = 'from-file:1'\n");
-        let cmd =
-            Config::command().mut_arg("upstream", |a| a.env("XMPP_VEIL_TEST_UPSTREAM_ENV_ONLY"));
-        let cmd = apply_file(cmd, f.path()).unwrap();
-        let m = cmd.try_get_matches_from(["xmpp-veil"]).unwrap();
-        let c = Config::from_arg_matches(&m).unwrap();
-        assert_eq!(c.upstream, "from-env:1");
-        let f = file("upstream = 'from-file:1'\n");
-        let c = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
-        assert_eq!(c.upstream, "from-file:1");
-    }
 }
 
 #[cfg(test)]

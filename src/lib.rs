@@ -14,6 +14,8 @@
 //!
 //! The public API is what the binary, the tests and the benchmarks use; the rest is private.
 
+#![forbid(unsafe_code)]
+
 mod certs;
 pub mod check;
 pub mod config;
@@ -22,7 +24,7 @@ mod edge;
 pub mod health;
 mod limits;
 pub mod metrics;
-pub mod ns;
+mod ns;
 pub mod policy;
 pub mod proxy_protocol;
 mod resume;

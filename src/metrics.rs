@@ -37,36 +37,6 @@ pub const CERTIFICATE_EXPIRY_SECONDS: &str = "xmpp_veil_certificate_expiry_secon
 /// Certificate (re)loads. Label: `result` = `ok` | `failed` (a failed reload keeps the old one).
 pub const CERTIFICATE_RELOADS: &str = "xmpp_veil_certificate_reloads_total";
 
-/// RFC 6120 §4.9.3 stream error conditions: each `xmpp_veil_stream_errors_total` series exists
-/// from the start.
-pub const STREAM_ERROR_CONDITIONS: &[&str] = &[
-    "bad-format",
-    "bad-namespace-prefix",
-    "conflict",
-    "connection-timeout",
-    "host-gone",
-    "host-unknown",
-    "improper-addressing",
-    "internal-server-error",
-    "invalid-from",
-    "invalid-namespace",
-    "invalid-xml",
-    "not-authorized",
-    "not-well-formed",
-    "policy-violation",
-    "remote-connection-failed",
-    "reset",
-    "resource-constraint",
-    "restricted-xml",
-    "see-other-host",
-    "system-shutdown",
-    "undefined-condition",
-    "unsupported-encoding",
-    "unsupported-feature",
-    "unsupported-stanza-type",
-    "unsupported-version",
-];
-
 /// Counts one of the policy's reports `n` times, under its metric: the policy reports, the shell
 /// counts (after applying the actions of the event that made the reports).
 pub fn count_policy_report(report: crate::policy::Report, n: u64) {
@@ -133,8 +103,9 @@ pub fn register_all() {
             counter!(STANZAS_TOTAL, "direction" => direction, "kind" => kind).absolute(0);
         }
     }
-    for condition in STREAM_ERROR_CONDITIONS {
-        counter!(STREAM_ERRORS_TOTAL, "condition" => *condition).absolute(0);
+    // Every RFC 6120 §4.9.3 condition's series exists from the start.
+    for condition in crate::stream::errors::Condition::ALL {
+        counter!(STREAM_ERRORS_TOTAL, "condition" => condition.as_str()).absolute(0);
     }
     for protocol in ["xep0186", "xep0018"] {
         for command in ["invisible", "visible"] {

@@ -20,6 +20,7 @@ use crate::edge::{Edge, Turned};
 use crate::metrics as m;
 use crate::resume::ResumeStore;
 use crate::session::{self, Shared};
+use crate::stream::errors::Condition;
 use crate::stream::upstream::UpstreamConfig;
 
 /// Time a refused client (over --max-connections) gets for its TLS handshake, to be told why.
@@ -174,7 +175,7 @@ async fn accept_loop(
                             tcp,
                             kind,
                             acceptor,
-                            "resource-constraint",
+                            Condition::ResourceConstraint,
                             "too many connections; try again later",
                         )
                         .await;
@@ -219,11 +220,11 @@ async fn refuse(
     mut tcp: TcpStream,
     kind: ListenerKind,
     acceptor: Acceptor,
-    condition: &'static str,
+    condition: Condition,
     text: &str,
 ) {
     use tokio::io::AsyncWriteExt;
-    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition).increment(1);
+    metrics::counter!(m::STREAM_ERRORS_TOTAL, "condition" => condition.as_str()).increment(1);
     let mut refusal = crate::stream::errors::client_stream_header("refused", "").to_vec();
     refusal.extend_from_slice(&crate::stream::errors::stream_error(condition, text));
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
@@ -259,7 +260,14 @@ async fn connection(
         Err(Turned::Dropped) => return,
         Err(Turned::Limited(limit)) => {
             tracing::warn!(limit = limit.label(), "connection refused: per-IP limit");
-            refuse(tcp, kind, acceptor, "policy-violation", limit.reason()).await;
+            refuse(
+                tcp,
+                kind,
+                acceptor,
+                Condition::PolicyViolation,
+                limit.reason(),
+            )
+            .await;
             return;
         }
     };

@@ -10,10 +10,9 @@
 use bytes::Bytes;
 use jid::{FullJid, Jid};
 
-use super::roster::{NS_ROSTER, Roster};
-use super::{
-    Action, NS_BIND, NS_CLIENT, NS_DISCO_INFO, Policy, Violation, presence, privacy_list, xep0186,
-};
+use super::roster::Roster;
+use super::{Action, Policy, Violation, presence, privacy_list, xep0186};
+use crate::ns;
 use crate::xml::{Element, StartTag};
 
 impl Policy {
@@ -45,7 +44,7 @@ impl Policy {
             && id[self.id_prefix.len()..].starts_with("-pl")
             && (self.is_own_account(from) || from.is_some_and(|f| self.is_our_server(f)))
         {
-            let iq = Element::parse(raw, NS_CLIENT, &[])?;
+            let iq = Element::parse(raw, ns::CLIENT, &[])?;
             if privacy_list::server_iq(self, &iq, out) {
                 return Ok(());
             }
@@ -56,26 +55,26 @@ impl Policy {
                     && self.is_own_account(tag.attr("from")) =>
             {
                 self.roster_query_id = None;
-                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                let iq = Element::parse(raw, ns::CLIENT, &[])?;
                 self.roster_arrived(&iq, out);
                 return Ok(());
             }
             Some("result") if self.bind_id.as_deref() == Some(id) => {
                 self.bind_id = None;
-                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                let iq = Element::parse(raw, ns::CLIENT, &[])?;
                 self.bound(&iq, out);
             }
             Some(kind @ ("result" | "error")) if self.disco_ids.remove(id) && kind == "result" => {
-                let mut iq = Element::parse(raw, NS_CLIENT, &[])?;
+                let mut iq = Element::parse(raw, ns::CLIENT, &[])?;
                 if self.is_our_server(iq.attr("from").unwrap_or(""))
                     && add_invisible_features(&mut iq)
                 {
-                    out.push(Action::ToClient(Bytes::from(iq.to_xml(NS_CLIENT))));
+                    out.push(Action::ToClient(Bytes::from(iq.to_xml(ns::CLIENT))));
                     return Ok(());
                 }
             }
             Some("set") if self.roster.is_some() || self.uses_list() => {
-                let iq = Element::parse(raw, NS_CLIENT, &[])?;
+                let iq = Element::parse(raw, ns::CLIENT, &[])?;
                 if self.is_own_account(iq.attr("from")) {
                     if privacy_list::own_list_push(self, &iq, out) {
                         return Ok(());
@@ -94,8 +93,8 @@ impl Policy {
 
     fn bound(&mut self, iq: &Element, out: &mut Vec<Action>) {
         let jid = iq
-            .child("bind", NS_BIND)
-            .and_then(|b| b.child("jid", NS_BIND))
+            .child("bind", ns::BIND)
+            .and_then(|b| b.child("jid", ns::BIND))
             .and_then(|j| FullJid::new(j.text().trim()).ok());
         let Some(jid) = jid else {
             tracing::warn!("bind result without a usable JID");
@@ -104,15 +103,16 @@ impl Policy {
         self.jid = Some(jid);
         let id = self.next_id("roster");
         out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='get' id='{}'><query xmlns='{NS_ROSTER}'/></iq>",
-            crate::xml::element::escape(&id)
+            "<iq type='get' id='{}'><query xmlns='{}'/></iq>",
+            crate::xml::element::escape(&id),
+            ns::ROSTER
         ))));
         self.roster_query_id = Some(id);
         privacy_list::bound(self, self.strategy, out);
     }
 
     fn roster_arrived(&mut self, iq: &Element, out: &mut Vec<Action>) {
-        let roster = match (iq.attr("type"), iq.child("query", NS_ROSTER)) {
+        let roster = match (iq.attr("type"), iq.child("query", ns::ROSTER)) {
             (Some("result"), Some(query)) => Roster::from_query(query),
             _ => {
                 // Fail closed: with no roster, fan-out reaches only explicit XEP-0018 exceptions.
@@ -146,7 +146,7 @@ impl Policy {
         if !self.is_own_account(iq.attr("from")) {
             return;
         }
-        let (Some(query), Some(roster)) = (iq.child("query", NS_ROSTER), self.roster.as_mut())
+        let (Some(query), Some(roster)) = (iq.child("query", ns::ROSTER), self.roster.as_mut())
         else {
             return;
         };
@@ -175,15 +175,15 @@ impl Policy {
 
 /// Adds the XEP-0186 features to a disco#info result; false if there was nothing to add to.
 fn add_invisible_features(iq: &mut Element) -> bool {
-    let Some(query) = iq.child_mut("query", NS_DISCO_INFO) else {
+    let Some(query) = iq.child_mut("query", ns::DISCO_INFO) else {
         return false;
     };
-    for ns in [xep0186::NS_1, xep0186::NS_0] {
+    for var in [ns::INVISIBLE_1, ns::INVISIBLE_0] {
         let present = query
             .elements()
-            .any(|f| f.name == "feature" && f.attr("var") == Some(ns));
+            .any(|f| f.name == "feature" && f.attr("var") == Some(var));
         if !present {
-            query.push_child(Element::new("feature", NS_DISCO_INFO).with_attr("var", ns));
+            query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", var));
         }
     }
     true

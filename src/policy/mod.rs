@@ -34,6 +34,8 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 
+use crate::ns;
+use crate::stream::errors::Condition;
 use crate::xml::{Element, ElementKind, FrameError, StartTag};
 pub use privacy_list::Strategy;
 pub use report::{Report, Reports};
@@ -51,7 +53,7 @@ pub enum Action {
 /// A stanza the policy refuses to handle: the session must end with this stream error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    pub condition: &'static str,
+    pub condition: Condition,
     pub reason: String,
 }
 
@@ -106,10 +108,6 @@ impl Visibility {
 pub const MAX_SHOWN: usize = 10_000;
 pub const MAX_EXCEPTIONS: usize = 10_000;
 const MAX_PENDING_IQS: usize = 64;
-
-pub const NS_CLIENT: &str = "jabber:client";
-pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 
 /// One session's invisibility state.
 #[derive(Debug)]
@@ -328,42 +326,43 @@ impl Policy {
             out.push(Action::ToServer(raw.clone()));
             return Ok(());
         }
-        let iq = Element::parse(raw, NS_CLIENT, &[])?;
+        let iq = Element::parse(raw, ns::CLIENT, &[])?;
         let id = iq.attr("id").unwrap_or("").to_owned();
         let Some(payload) = iq.elements().next() else {
             out.push(Action::ToServer(raw.clone()));
             return Ok(());
         };
         match (kind, payload.name.as_str(), payload.ns.as_str()) {
-            (Some("set"), "invisible" | "visible", xep0186::NS_1 | xep0186::NS_0)
-            | (Some("set"), "visible", xep0186::NS_SLIXMPP_VISIBLE) => {
+            (Some("set"), "invisible" | "visible", ns::INVISIBLE_1 | ns::INVISIBLE_0)
+            | (Some("set"), "visible", ns::SLIXMPP_VISIBLE) => {
                 xep0186::command(self, &iq, payload, now, out);
                 return Ok(());
             }
-            (Some("set"), _, xep0186::NS_SLIXMPP_VISIBLE) => {
+            (Some("set"), _, ns::SLIXMPP_VISIBLE) => {
                 xep0186::refuse(&iq, out);
                 return Ok(());
             }
-            (Some("set"), "bind", NS_BIND) => self.bind_id = Some(id),
-            (Some("set"), "query", privacy_list::NS_PRIVACY) => {
+            (Some("set"), "bind", ns::BIND) => self.bind_id = Some(id),
+            (Some("set"), "query", ns::PRIVACY) => {
                 if let Some(condition) = privacy_list::client_privacy_set(self, payload) {
                     tracing::info!(
                         "client privacy-list change refused while the proxy's list hides the session"
                     );
                     out.push(Action::ToClient(Bytes::from(format!(
                         "<iq type='error' id='{}'><error type='cancel'><{condition} \
-                         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
-                        crate::xml::element::escape(&id)
+                         xmlns='{}'/></error></iq>",
+                        crate::xml::element::escape(&id),
+                        ns::STANZAS
                     ))));
                     return Ok(());
                 }
             }
-            (Some("set"), "block", privacy_list::NS_BLOCKING)
+            (Some("set"), "block", ns::BLOCKING)
                 if privacy_list::client_block(self, raw, payload, out) =>
             {
                 return Ok(());
             }
-            (Some("get"), "query", NS_DISCO_INFO)
+            (Some("get"), "query", ns::DISCO_INFO)
                 if payload.attr("node").is_none()
                     && tag.attr("to").is_some()
                     && self.disco_ids.len() < MAX_PENDING_IQS =>

@@ -22,6 +22,7 @@ use jid::{BareJid, Jid};
 
 use super::report::Report;
 use super::{Action, MAX_SHOWN, Policy, privacy_list, xep0018};
+use crate::ns;
 use crate::xml::element::{escape, set_start_tag_attr};
 
 /// A plain undirected `unavailable`; directed copies are made from it.
@@ -293,7 +294,8 @@ pub(super) fn refuse(p: &mut Policy, raw: &Bytes, condition: &str, out: &mut Vec
         .unwrap_or_default();
     out.push(Action::ToClient(Bytes::from(format!(
         "<presence type='error'{id}><error type='modify'><{condition} \
-         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+         xmlns='{}'/></error></presence>",
+        ns::STANZAS
     ))));
 }
 
@@ -301,8 +303,9 @@ pub(super) fn refuse(p: &mut Policy, raw: &Bytes, condition: &str, out: &mut Vec
 pub(super) fn refuse_note(contact: &BareJid, condition: &str, out: &mut Vec<Action>) {
     out.push(Action::ToClient(Bytes::from(format!(
         "<presence type='error' from='{}'><error type='wait'><{condition} \
-         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
-        escape(contact.as_str())
+         xmlns='{}'/></error></presence>",
+        escape(contact.as_str()),
+        ns::STANZAS
     ))));
 }
 

@@ -30,11 +30,10 @@ use jid::Jid;
 
 use super::report::Report;
 use super::{Action, Mode, Policy, presence};
+use crate::ns;
 use crate::xml::Element;
 use crate::xml::element::escape;
 
-pub const NS_PRIVACY: &str = "jabber:iq:privacy";
-pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
 /// Names of the proxy's lists start with this; no client would choose it.
 pub const LIST_PREFIX: &str = "xmpp-veil-invisible-";
 
@@ -170,7 +169,7 @@ pub(super) fn bound(p: &mut Policy, strategy: Strategy, out: &mut Vec<Action>) {
                 "<iq type='get' id='{}' to='{}'><query xmlns='{}'/></iq>",
                 escape(&id),
                 escape(&p.domain),
-                super::NS_DISCO_INFO
+                ns::DISCO_INFO
             ))));
             p.list = State::Asking { id };
         }
@@ -180,8 +179,9 @@ pub(super) fn bound(p: &mut Policy, strategy: Strategy, out: &mut Vec<Action>) {
 fn start(p: &mut Policy, out: &mut Vec<Action>) {
     let blocklist_id = p.next_id("pl-blocks");
     out.push(Action::ToServer(Bytes::from(format!(
-        "<iq type='get' id='{}'><blocklist xmlns='{NS_BLOCKING}'/></iq>",
-        escape(&blocklist_id)
+        "<iq type='get' id='{}'><blocklist xmlns='{}'/></iq>",
+        escape(&blocklist_id),
+        ns::BLOCKING
     ))));
     tracing::debug!("invisibility strategy: privacy list");
     p.list = State::List(List {
@@ -205,9 +205,9 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
         if asked != id {
             return false;
         }
-        let has = iq.child("query", super::NS_DISCO_INFO).is_some_and(|q| {
+        let has = iq.child("query", ns::DISCO_INFO).is_some_and(|q| {
             q.elements()
-                .any(|f| f.name == "feature" && f.attr("var") == Some(NS_PRIVACY))
+                .any(|f| f.name == "feature" && f.attr("var") == Some(ns::PRIVACY))
         });
         log_upstream_once(ok && has);
         if ok && has {
@@ -223,7 +223,7 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
     };
     if list.blocklist_id.as_deref() == Some(id) {
         list.blocklist_id = None;
-        if let Some(blocklist) = iq.child("blocklist", NS_BLOCKING).filter(|_| ok) {
+        if let Some(blocklist) = iq.child("blocklist", ns::BLOCKING).filter(|_| ok) {
             list.blocks = blocked_jids(blocklist).collect();
         }
         return true;
@@ -236,7 +236,7 @@ pub(super) fn server_iq(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> 
     };
     if !ok {
         let condition = iq
-            .child("error", super::NS_CLIENT)
+            .child("error", ns::CLIENT)
             .and_then(|e| e.elements().next())
             .map(|c| c.name.clone())
             .unwrap_or_default();
@@ -279,7 +279,7 @@ fn is_stale(p: &Policy, id: &str) -> bool {
 /// to this session at once, and fail open): the list is sent and activated again, and the
 /// client's stanzas wait for it.
 pub(super) fn own_list_push(p: &mut Policy, iq: &Element, out: &mut Vec<Action>) -> bool {
-    let Some(name) = iq.child("query", NS_PRIVACY).and_then(|q| {
+    let Some(name) = iq.child("query", ns::PRIVACY).and_then(|q| {
         q.elements()
             .filter(|l| l.name == "list")
             .find_map(|l| l.attr("name").filter(|n| n.starts_with(LIST_PREFIX)))
@@ -332,9 +332,9 @@ pub(super) fn blocklist_push(p: &mut Policy, iq: &Element, out: &mut Vec<Action>
     let State::List(list) = &mut p.list else {
         return;
     };
-    if let Some(block) = iq.child("block", NS_BLOCKING) {
+    if let Some(block) = iq.child("block", ns::BLOCKING) {
         list.blocks.extend(blocked_jids(block));
-    } else if let Some(unblock) = iq.child("unblock", NS_BLOCKING) {
+    } else if let Some(unblock) = iq.child("unblock", ns::BLOCKING) {
         let items: Vec<String> = blocked_jids(unblock).collect();
         if items.is_empty() {
             list.blocks.clear();
@@ -449,8 +449,9 @@ fn push_iq(list: &mut List, id_prefix: &str, query: &str, out: &mut Vec<Action>)
     list.seq += 1;
     let id = format!("{id_prefix}-pl{}", list.seq);
     out.push(Action::ToServer(Bytes::from(format!(
-        "<iq type='set' id='{}'><query xmlns='{NS_PRIVACY}'>{query}</query></iq>",
-        escape(&id)
+        "<iq type='set' id='{}'><query xmlns='{}'>{query}</query></iq>",
+        escape(&id),
+        ns::PRIVACY
     ))));
     list.pending
         .get_or_insert_with(Pending::default)
@@ -559,8 +560,9 @@ pub(super) fn fail(p: &mut Policy, out: &mut Vec<Action>) {
     }
     if list.active || list.items.is_some() {
         out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='set' id='{}-pl-decline'><query xmlns='{NS_PRIVACY}'><active/></query></iq>",
-            escape(&p.id_prefix)
+            "<iq type='set' id='{}-pl-decline'><query xmlns='{}'><active/></query></iq>",
+            escape(&p.id_prefix),
+            ns::PRIVACY
         ))));
     }
     // The client's directed presence that waited for the list is delivered under the silent
@@ -757,8 +759,9 @@ pub(super) fn session_end_first(p: &mut Policy, out: &mut Vec<Action>) {
     {
         list.active = false;
         out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='set' id='{}-pl-end0'><query xmlns='{NS_PRIVACY}'><active/></query></iq>",
-            escape(&p.id_prefix)
+            "<iq type='set' id='{}-pl-end0'><query xmlns='{}'><active/></query></iq>",
+            escape(&p.id_prefix),
+            ns::PRIVACY
         ))));
     }
 }
@@ -770,8 +773,9 @@ pub(super) fn session_end_last(p: &mut Policy, out: &mut Vec<Action>) {
     };
     if list.items.is_some() {
         out.push(Action::ToServer(Bytes::from(format!(
-            "<iq type='set' id='{}-pl-end1'><query xmlns='{NS_PRIVACY}'><list name='{}'/></query></iq>",
+            "<iq type='set' id='{}-pl-end1'><query xmlns='{}'><list name='{}'/></query></iq>",
             escape(&p.id_prefix),
+            ns::PRIVACY,
             escape(&list.name)
         ))));
     }
@@ -844,11 +848,11 @@ pub(super) fn is_bounce(p: &Policy, raw: &Bytes) -> bool {
     if !list.active {
         return false;
     }
-    let Ok(el) = Element::parse(raw, super::NS_CLIENT, &[]) else {
+    let Ok(el) = Element::parse(raw, ns::CLIENT, &[]) else {
         return false;
     };
     let not_acceptable = el
-        .child("error", super::NS_CLIENT)
+        .child("error", ns::CLIENT)
         .is_some_and(|e| e.elements().any(|c| c.name == "not-acceptable"));
     let from_hidden = el
         .attr("from")

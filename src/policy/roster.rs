@@ -10,9 +10,8 @@ use std::collections::HashMap;
 
 use jid::BareJid;
 
+use crate::ns;
 use crate::xml::Element;
-
-pub const NS_ROSTER: &str = "jabber:iq:roster";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subscription {
@@ -71,7 +70,7 @@ impl Roster {
         let mut changes = Vec::new();
         for item in query
             .elements()
-            .filter(|e| e.name == "item" && e.ns == NS_ROSTER)
+            .filter(|e| e.name == "item" && e.ns == ns::ROSTER)
         {
             // An item whose JID does not parse cannot be addressed by the proxy; skip it.
             let Some(jid) = item.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
@@ -123,10 +122,10 @@ mod tests {
     use super::*;
 
     fn query(items: &[(&str, &str)]) -> Element {
-        let mut q = Element::new("query", NS_ROSTER);
+        let mut q = Element::new("query", ns::ROSTER);
         for (jid, sub) in items {
             q.push_child(
-                Element::new("item", NS_ROSTER)
+                Element::new("item", ns::ROSTER)
                     .with_attr("jid", jid)
                     .with_attr("subscription", sub),
             );

@@ -8,9 +8,11 @@
 use bytes::Bytes;
 use jid::BareJid;
 
-use super::roster::NS_ROSTER;
-use super::xep0186::{NS_0, NS_1};
 use super::*;
+use crate::ns::{
+    CLIENT as NS_CLIENT, DISCO_INFO as NS_DISCO_INFO, INVISIBLE_0 as NS_0, INVISIBLE_1 as NS_1,
+    ROSTER as NS_ROSTER,
+};
 use crate::xml::{Element, ElementKind, StartTag};
 
 const ME: &str = "joe@foo.com/r";

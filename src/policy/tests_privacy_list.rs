@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use super::privacy_list::{NS_BLOCKING, NS_PRIVACY};
-use super::roster::NS_ROSTER;
 use super::tests::kind_of;
 use super::*;
+use crate::ns::{
+    BLOCKING as NS_BLOCKING, CLIENT as NS_CLIENT, DISCO_INFO as NS_DISCO_INFO,
+    PRIVACY as NS_PRIVACY, ROSTER as NS_ROSTER,
+};
 use crate::xml::{Element, ElementKind, StartTag};
 
 const ME: &str = "joe@foo.com";

@@ -32,7 +32,8 @@ use bytes::Bytes;
 use jid::{BareJid, Jid};
 
 use super::report::{Command, Protocol, Report};
-use super::{Action, MAX_EXCEPTIONS, Mode, NS_CLIENT, Policy, presence, privacy_list, xep0186};
+use super::{Action, MAX_EXCEPTIONS, Mode, Policy, presence, privacy_list, xep0186};
+use crate::ns;
 use crate::xml::Element;
 
 fn count(p: &mut Policy, command: Command) {
@@ -152,8 +153,8 @@ pub(super) fn ended_by_presence(p: &mut Policy) {
 /// An available presence without `<show/>` ("online"); unparsable counts as not (it then stays
 /// withheld).
 pub(super) fn is_plain_online(raw: &Bytes) -> bool {
-    Element::parse(raw, NS_CLIENT, &[])
-        .is_ok_and(|presence| presence.child("show", NS_CLIENT).is_none())
+    Element::parse(raw, ns::CLIENT, &[])
+        .is_ok_and(|presence| presence.child("show", ns::CLIENT).is_none())
 }
 
 fn exception_fits(p: &Policy, contact: &BareJid) -> bool {

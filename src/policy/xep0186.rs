@@ -14,15 +14,14 @@ use bytes::Bytes;
 
 use super::report::{Command, Protocol, Report};
 use super::{Action, Mode, Policy, presence, privacy_list};
+use crate::ns;
 use crate::xml::Element;
 use crate::xml::element::escape;
 
-pub const NS_1: &str = "urn:xmpp:invisible:1";
-pub const NS_0: &str = "urn:xmpp:invisible:0";
-/// slixmpp 1.8's XEP-0186 plugin (Debian's `python3-slixmpp`) sends its `<invisible/>` in
-/// [`NS_0`] but its `<visible/>` in this namespace, which no version of the XEP has. A
-/// `<visible/>` in it can only mean one thing and is accepted; anything else in it is refused.
-pub const NS_SLIXMPP_VISIBLE: &str = "urn:xmpp:visible:0";
+// slixmpp 1.8's XEP-0186 plugin (Debian's `python3-slixmpp`) sends its `<invisible/>` in
+// `ns::INVISIBLE_0` but its `<visible/>` in `ns::SLIXMPP_VISIBLE`, which no version of the XEP
+// has. A `<visible/>` in it can only mean one thing and is accepted; anything else in it is
+// refused.
 
 /// Handles the IQ-set `iq` whose payload is `cmd` (`invisible` or `visible`).
 pub(super) fn command(
@@ -55,7 +54,7 @@ fn command_report(command: Command) -> Report {
     }
 }
 
-/// An IQ-set in [`NS_SLIXMPP_VISIBLE`] that is not `<visible/>`: what it asks is unclear, so
+/// An IQ-set in [`ns::SLIXMPP_VISIBLE`] that is not `<visible/>`: what it asks is unclear, so
 /// nothing changes and the client gets `modify/bad-request`.
 pub(super) fn refuse(iq: &Element, out: &mut Vec<Action>) {
     out.push(Action::ToClient(error_reply(
@@ -143,9 +142,10 @@ fn result_reply(id: &str, from: Option<&str>) -> Bytes {
 fn error_reply(id: &str, from: Option<&str>, condition: &str) -> Bytes {
     Bytes::from(format!(
         "<iq type='error' id='{}'{}><error type='modify'><{condition} \
-         xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+         xmlns='{}'/></error></iq>",
         escape(id),
-        from_attr(from)
+        from_attr(from),
+        ns::STANZAS
     ))
 }
 

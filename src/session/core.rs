@@ -926,7 +926,7 @@ impl Core {
                 if condition == Condition::SeeOtherHost {
                     // Following the redirect would take the client around the proxy.
                     self.to_client.bytes.extend_from_slice(&stream_error(
-                        Condition::SystemShutdown.as_str(),
+                        Condition::SystemShutdown,
                         "the server is moving; reconnect later",
                     ));
                     self.events
@@ -1102,11 +1102,11 @@ fn static_ns(ns: &str) -> &'static str {
 }
 
 fn frame_condition(e: &FrameError) -> Condition {
-    Condition::from_name(e.condition())
+    e.condition()
 }
 
 fn violation_condition(v: &crate::policy::Violation) -> Condition {
-    Condition::from_name(v.condition)
+    v.condition
 }
 
 fn client_error(e: &FrameError) -> End {

@@ -166,7 +166,7 @@ pub fn plan(mut core: Core, end: End) -> Plan {
         }
         (_, Some((condition, reason))) => {
             core.events.push(Event::StreamError(condition));
-            to_client.extend_from_slice(&stream_error(condition.as_str(), reason));
+            to_client.extend_from_slice(&stream_error(condition, reason));
         }
         (End::ClientClosed, None) => to_client.extend_from_slice(b"</stream:stream>"),
         // On ServerClosed the server's own close was relayed already.

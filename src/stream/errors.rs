@@ -2,32 +2,35 @@
 
 use bytes::Bytes;
 
+use crate::ns;
 use crate::xml::element::escape;
-
-pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
-pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
 /// `<stream:error>` followed by the stream close. The prefix is declared on the element itself,
 /// so it is valid whatever prefix the peer's stream header used.
-pub fn stream_error(condition: &str, text: &str) -> Bytes {
+pub fn stream_error(condition: Condition, text: &str) -> Bytes {
     let text = if text.is_empty() {
         String::new()
     } else {
         format!(
-            "<text xmlns='{NS_STREAM_ERRORS}' xml:lang='en'>{}</text>",
+            "<text xmlns='{}' xml:lang='en'>{}</text>",
+            ns::STREAM_ERRORS,
             escape(text)
         )
     };
     Bytes::from(format!(
-        "<stream:error xmlns:stream='{NS_STREAMS}'><{condition} xmlns='{NS_STREAM_ERRORS}'/>{text}</stream:error></stream:stream>"
+        "<stream:error xmlns:stream='{}'><{condition} xmlns='{}'/>{text}</stream:error></stream:stream>",
+        ns::STREAMS,
+        ns::STREAM_ERRORS,
     ))
 }
 
 /// The proxy's own stream header toward a client (used before the upstream answers).
 pub fn client_stream_header(id: &str, domain: &str) -> Bytes {
     Bytes::from(format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' \
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' \
          id='{}' from='{}' version='1.0' xml:lang='en'>",
+        ns::CLIENT,
+        ns::STREAMS,
         escape(id),
         escape(domain)
     ))
@@ -36,8 +39,10 @@ pub fn client_stream_header(id: &str, domain: &str) -> Bytes {
 /// The proxy's own stream header toward the server (only to negotiate upstream STARTTLS).
 pub fn server_stream_header(domain: &str) -> Bytes {
     Bytes::from(format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' \
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' \
          to='{}' version='1.0'>",
+        ns::CLIENT,
+        ns::STREAMS,
         escape(domain)
     ))
 }

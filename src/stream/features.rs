@@ -14,19 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
+use crate::ns;
 use crate::xml::Element;
 
-use super::errors::NS_STREAMS;
-
 const REMOVED: &[(&str, &str)] = &[
-    ("compression", "http://jabber.org/features/compress"),
-    ("authentication", "urn:xmpp:sasl:2"),
-    ("bind", "urn:xmpp:bind:0"),
-    ("starttls", "urn:ietf:params:xml:ns:xmpp-tls"),
-    ("c", "http://jabber.org/protocol/caps"),
-    ("sasl-channel-binding", "urn:xmpp:sasl-cb:0"),
+    ("compression", ns::COMPRESS_FEATURE),
+    ("authentication", ns::SASL2),
+    ("bind", ns::BIND2),
+    ("starttls", ns::TLS),
+    ("c", ns::CAPS),
+    ("sasl-channel-binding", ns::SASL_CB),
 ];
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 static PLUS_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -42,7 +40,7 @@ pub fn rewrite(raw: &[u8], features: &Element) -> Option<Bytes> {
         changed |= removed;
         !removed
     });
-    if let Some(mechanisms) = out.child_mut("mechanisms", NS_SASL) {
+    if let Some(mechanisms) = out.child_mut("mechanisms", ns::SASL) {
         let before = mechanisms.elements().count();
         mechanisms
             .retain_children(|m| !(m.name == "mechanism" && m.text().trim().ends_with("-PLUS")));
@@ -75,9 +73,9 @@ fn serialize(raw: &[u8], features: &Element) -> Bytes {
         })
         .and_then(|p| std::str::from_utf8(p).ok())
         .unwrap_or("stream");
-    let mut s = format!("<{prefix}:features xmlns:{prefix}='{NS_STREAMS}'>");
+    let mut s = format!("<{prefix}:features xmlns:{prefix}='{}'>", ns::STREAMS);
     for child in features.elements() {
-        s.push_str(&child.to_xml(NS_STREAMS));
+        s.push_str(&child.to_xml(ns::STREAMS));
     }
     s.push_str(&format!("</{prefix}:features>"));
     Bytes::from(s)
@@ -88,7 +86,7 @@ mod tests {
     use super::*;
 
     fn features(xml: &str) -> Element {
-        Element::parse(xml.as_bytes(), "jabber:client", &[("stream", NS_STREAMS)]).unwrap()
+        Element::parse(xml.as_bytes(), "jabber:client", &[("stream", ns::STREAMS)]).unwrap()
     }
 
     #[test]
@@ -106,7 +104,7 @@ mod tests {
         let names: Vec<_> = back.elements().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["mechanisms", "sm", "ver"]);
         let mechs: Vec<_> = back
-            .child("mechanisms", NS_SASL)
+            .child("mechanisms", ns::SASL)
             .unwrap()
             .elements()
             .map(|m| m.text())

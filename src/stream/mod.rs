@@ -14,10 +14,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::xml::{Frame, FrameError, Framer, StartTag};
 
-pub const NS_CLIENT: &str = "jabber:client";
-pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-
 /// What the proxy needs from a stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHeader {
@@ -50,7 +46,7 @@ impl StreamHeader {
     /// A c2s stream: default namespace `jabber:client`.
     pub fn check_client_namespace(&self) -> Result<(), FrameError> {
         match self.default_ns.as_deref() {
-            Some(NS_CLIENT) => Ok(()),
+            Some(crate::ns::CLIENT) => Ok(()),
             _ => Err(FrameError::InvalidNamespace(
                 "the stream's default namespace must be jabber:client",
             )),
@@ -133,7 +129,7 @@ mod tests {
         assert!(h.check_client_namespace().is_ok());
         assert_eq!(
             h.prefixes,
-            vec![("stream".to_owned(), errors::NS_STREAMS.to_owned())]
+            vec![("stream".to_owned(), crate::ns::STREAMS.to_owned())]
         );
     }
 
@@ -145,7 +141,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             h.check_client_namespace().unwrap_err().condition(),
-            "invalid-namespace"
+            errors::Condition::InvalidNamespace
         );
     }
 }

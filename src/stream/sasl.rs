@@ -48,7 +48,7 @@ mod tests {
     use super::*;
 
     fn auth(mechanism: &str, payload: &[u8]) -> Element {
-        Element::new("auth", "urn:ietf:params:xml:ns:xmpp-sasl")
+        Element::new("auth", crate::ns::SASL)
             .with_attr("mechanism", mechanism)
             .with_text(&STANDARD.encode(payload))
     }

@@ -12,8 +12,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::errors::server_stream_header;
-use super::{NS_TLS, ReadError, StreamHeader, read_element};
+use super::{ReadError, StreamHeader, read_element};
 use crate::config::{ProxyProtocolOut, UpstreamTls};
+use crate::ns;
 use crate::proxy_protocol::{self, Endpoints};
 use crate::xml::{Element, Frame, Framer};
 
@@ -117,16 +118,16 @@ async fn starttls(tcp: &mut TcpStream, domain: &str, max: usize) -> Result<(), C
     };
     let prefixes = header.prefix_refs();
     let features = element(tcp, &mut framer, &prefixes).await?;
-    if !(features.name == "features" && features.child("starttls", NS_TLS).is_some()) {
+    if !(features.name == "features" && features.child("starttls", ns::TLS).is_some()) {
         return Err(ConnectError::new(
             "server does not offer STARTTLS (use --upstream-tls plain or direct)",
         ));
     }
-    tcp.write_all(format!("<starttls xmlns='{NS_TLS}'/>").as_bytes())
+    tcp.write_all(format!("<starttls xmlns='{}'/>", ns::TLS).as_bytes())
         .await
         .map_err(|e| ConnectError::new(format!("write: {e}")))?;
     let answer = element(tcp, &mut framer, &prefixes).await?;
-    if !(answer.name == "proceed" && answer.ns == NS_TLS) {
+    if !(answer.name == "proceed" && answer.ns == ns::TLS) {
         return Err(ConnectError::new(format!(
             "server refused STARTTLS: <{}/>",
             answer.name
@@ -162,9 +163,9 @@ async fn element(
             ));
         }
     };
-    let element = Element::parse(&raw, super::NS_CLIENT, prefixes)
-        .map_err(|e| ConnectError::new(e.to_string()))?;
-    if element.name == "error" && element.ns == super::errors::NS_STREAMS {
+    let element =
+        Element::parse(&raw, ns::CLIENT, prefixes).map_err(|e| ConnectError::new(e.to_string()))?;
+    if element.name == "error" && element.ns == ns::STREAMS {
         return Err(ConnectError {
             reason: "server sent a stream error during STARTTLS".into(),
             server_error: Some(raw),

@@ -44,7 +44,7 @@ pub enum Node {
 impl Element {
     /// Parse one complete element (as returned by the framer), resolving namespaces.
     /// `default_ns` is the stream's default namespace (e.g. `jabber:client`), `prefixes` extra
-    /// prefix bindings inherited from the stream header (e.g. `("stream", STREAMS_NS)`).
+    /// prefix bindings inherited from the stream header (e.g. `("stream", ns::STREAMS)`).
     pub fn parse(
         raw: &[u8],
         default_ns: &str,
@@ -424,9 +424,7 @@ pub fn remove_start_tag_attr(raw: &[u8], name: &str) -> Result<Bytes, FrameError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::framer::STREAMS_NS;
-
-    const CLIENT: &str = "jabber:client";
+    use crate::ns::{CLIENT, STREAMS as STREAMS_NS};
 
     fn parse(s: &str) -> Result<Element, FrameError> {
         Element::parse(s.as_bytes(), CLIENT, &[("stream", STREAMS_NS)])
