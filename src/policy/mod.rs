@@ -232,6 +232,7 @@ impl Policy {
             ElementKind::Presence => self.client_presence(raw, now, out),
             ElementKind::Iq => self.client_iq(raw, now, out),
             ElementKind::Message | ElementKind::Other => {
+                debug_assert!(Policy::passes_unchanged(kind));
                 out.push(Action::ToServer(raw.clone()));
                 return Ok(());
             }
@@ -248,6 +249,14 @@ impl Policy {
         }
     }
 
+    /// Stanzas of this kind go through unchanged in both directions, whatever the state: the
+    /// policy neither reads nor remembers them (a message never reveals presence). The session
+    /// may then copy them on without calling [`Policy::from_client`] / [`Policy::from_server`],
+    /// which would only return them as they are.
+    pub fn passes_unchanged(kind: ElementKind) -> bool {
+        matches!(kind, ElementKind::Message | ElementKind::Other)
+    }
+
     /// A top-level element from the server.
     pub fn from_server(
         &mut self,
@@ -259,6 +268,7 @@ impl Policy {
             ElementKind::Presence => self.server_presence(raw, out),
             ElementKind::Iq => self.server_iq(raw, out),
             ElementKind::Message | ElementKind::Other => {
+                debug_assert!(Policy::passes_unchanged(kind));
                 out.push(Action::ToClient(raw.clone()));
                 return Ok(());
             }

@@ -185,7 +185,27 @@ struct Queue {
     written: usize,
 }
 
+thread_local! {
+    /// Empty write queues of this worker thread's quiet sessions, lent to the next session that
+    /// writes: a quiet session holds no queue, and a busy one does not pay an allocation per
+    /// stanza for it.
+    static SPARE_QUEUES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Spare queues kept per thread, and the largest kept.
+const SPARE_MAX: usize = 64;
+const SPARE_CAPACITY: usize = 16 * 1024;
+
 impl Queue {
+    /// Appends bytes, taking a spare queue if this one holds no memory.
+    fn push(&mut self, bytes: &[u8]) {
+        if self.bytes.capacity() == 0
+            && let Some(spare) = SPARE_QUEUES.with_borrow_mut(|s| s.pop())
+        {
+            self.bytes = spare;
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+
     fn pending(&self) -> &[u8] {
         &self.bytes[self.written..]
     }
@@ -211,7 +231,14 @@ impl Queue {
 
     fn release_if_empty(&mut self) {
         if self.bytes.is_empty() && self.bytes.capacity() > 0 {
-            self.bytes = Vec::new();
+            let spare = std::mem::take(&mut self.bytes);
+            if spare.capacity() <= SPARE_CAPACITY {
+                SPARE_QUEUES.with_borrow_mut(|s| {
+                    if s.len() < SPARE_MAX {
+                        s.push(spare);
+                    }
+                });
+            }
         }
     }
 }
@@ -317,12 +344,24 @@ impl Core {
         self.to_server.advance(n);
     }
 
+    /// Events wait for the shell.
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next piece of work for the shell.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         if self.events.is_empty() {
             return None;
         }
-        Some(self.events.remove(0))
+        let event = self.events.remove(0);
+        if self.events.is_empty() {
+            // Events are rare (a few per session): their queue holds no memory between them.
+            self.events = Vec::new();
+        }
+        Some(event)
     }
 
     /// Stanzas counted since the last call.
@@ -420,7 +459,7 @@ impl Core {
             return;
         };
         self.phase = Phase::Negotiating { sasl_user: None };
-        self.to_server.bytes.extend_from_slice(&header);
+        self.to_server.push(&header);
         self.client_frames();
     }
 
@@ -453,7 +492,7 @@ impl Core {
         let server_h = state.s2c.peek_ack(client_h);
         match set_start_tag_attr(&raw, "h", &server_h.to_string()) {
             Ok(rewritten) => {
-                self.to_server.bytes.extend_from_slice(&rewritten);
+                self.to_server.push(&rewritten);
                 let Phase::Authenticated { sasl_user } =
                     std::mem::replace(&mut self.phase, Phase::Ended)
                 else {
@@ -506,19 +545,23 @@ impl Core {
             _ => {}
         }
         match frame {
-            Frame::Whitespace(raw) => self.to_server.bytes.extend_from_slice(&raw),
+            Frame::Whitespace(raw) => self.to_server.push(&raw),
             Frame::StreamHeader(raw) => {
                 let header = StreamHeader::parse(&raw)
                     .and_then(|h| h.check_client_namespace().map(|()| h))
                     .map_err(|e| client_error(&e))?;
                 self.client_prefixes = header.prefixes;
-                self.to_server.bytes.extend_from_slice(&raw);
+                self.to_server.push(&raw);
             }
             Frame::StreamEnd(_) => return Err(End::ClientClosed),
             Frame::Element { raw, kind } => {
                 self.count(Origin::Client, kind);
                 if kind == ElementKind::Other {
                     self.client_stream_element(raw)?;
+                } else if Policy::passes_unchanged(kind) {
+                    self.to_server.push(&raw);
+                    self.cf.recycle(raw);
+                    self.forwarded(Origin::Client)?;
                 } else {
                     self.policy
                         .from_client(&raw, kind, now_for(kind), &mut self.actions)
@@ -569,8 +612,8 @@ impl Core {
                 };
                 self.domain = domain;
                 let header = self.own_header();
-                self.to_client.bytes.extend_from_slice(&header);
-                self.to_client.bytes.extend_from_slice(
+                self.to_client.push(&header);
+                self.to_client.push(
                     format!(
                         "<stream:features><starttls xmlns='{}'><required/></starttls></stream:features>",
                         ns::TLS
@@ -596,8 +639,7 @@ impl Core {
                         ));
                     }
                     self.to_client
-                        .bytes
-                        .extend_from_slice(format!("<proceed xmlns='{}'/>", ns::TLS).as_bytes());
+                        .push(format!("<proceed xmlns='{}'/>", ns::TLS).as_bytes());
                     self.phase = Phase::PreTls(PreTls::Proceed);
                     self.events.push(Event::StartTls {
                         domain: self.domain.clone(),
@@ -634,7 +676,7 @@ impl Core {
                 if let Phase::Negotiating { sasl_user } = &mut self.phase {
                     *sasl_user = sasl::auth_user(&element);
                 }
-                self.to_server.bytes.extend_from_slice(&raw);
+                self.to_server.push(&raw);
             }
             ("starttls", ns::TLS) => {
                 return Err(End::ClientError(
@@ -642,7 +684,7 @@ impl Core {
                     "TLS is already established".into(),
                 ));
             }
-            ("compress", ns::COMPRESS) => self.to_client.bytes.extend_from_slice(
+            ("compress", ns::COMPRESS) => self.to_client.push(
                 format!(
                     "<failure xmlns='{}'><setup-failed/></failure>",
                     ns::COMPRESS
@@ -654,11 +696,10 @@ impl Core {
                     // Once per stream: a second one would reset the proxy's counts while the
                     // server keeps its own.
                     self.to_client
-                        .bytes
-                        .extend_from_slice(sm_failed(ns, "unexpected-request").as_bytes());
+                        .push(sm_failed(ns, "unexpected-request").as_bytes());
                     return Ok(());
                 }
-                self.to_server.bytes.extend_from_slice(&raw);
+                self.to_server.push(&raw);
                 // The server counts the client's stanzas from here on.
                 let mut sm = Sm::new(static_ns(ns));
                 sm.enable_pending = true;
@@ -679,15 +720,15 @@ impl Core {
                     let mapped = sm.s2c.ack(h);
                     let rewritten =
                         set_start_tag_attr(&raw, "h", &mapped.to_string()).map_err(|_| bad_h())?;
-                    self.to_server.bytes.extend_from_slice(&rewritten);
+                    self.to_server.push(&rewritten);
                 }
             }
             ("r", ns::SM2 | ns::SM3) => {
                 if self.sm.is_some() {
-                    self.to_server.bytes.extend_from_slice(&raw);
+                    self.to_server.push(&raw);
                 }
             }
-            _ => self.to_server.bytes.extend_from_slice(&raw),
+            _ => self.to_server.push(&raw),
         }
         Ok(())
     }
@@ -726,9 +767,7 @@ impl Core {
     fn refuse_resume(&mut self, ns: &str, condition: &str) {
         tracing::info!(condition, "resumption refused by the proxy");
         self.events.push(Event::Resumption { ok: false });
-        self.to_client
-            .bytes
-            .extend_from_slice(sm_failed(ns, condition).as_bytes());
+        self.to_client.push(sm_failed(ns, condition).as_bytes());
     }
 
     /// The server resumed the stream: this connection continues the detached session.
@@ -765,7 +804,7 @@ impl Core {
             .map_err(|e| End::ServerUnreadable(format!("cannot rewrite h: {e}")))?;
         state.c2s.rebase(server_h);
         let lost = state.s2c.rebase(client_h);
-        self.to_client.bytes.extend_from_slice(&rewritten);
+        self.to_client.push(&rewritten);
         let Detached {
             policy,
             c2s,
@@ -811,21 +850,25 @@ impl Core {
                 }
             };
             match frame {
-                Frame::Whitespace(raw) => self.to_client.bytes.extend_from_slice(&raw),
+                Frame::Whitespace(raw) => self.to_client.push(&raw),
                 Frame::StreamHeader(raw) => {
                     let header = StreamHeader::parse(&raw)
                         .map_err(|e| End::ServerUnreadable(e.to_string()))?;
                     self.server_prefixes = header.prefixes;
-                    self.to_client.bytes.extend_from_slice(&raw);
+                    self.to_client.push(&raw);
                 }
                 Frame::StreamEnd(raw) => {
-                    self.to_client.bytes.extend_from_slice(&raw);
+                    self.to_client.push(&raw);
                     return Err(End::ServerClosed);
                 }
                 Frame::Element { raw, kind } => {
                     self.count(Origin::Server, kind);
                     if kind == ElementKind::Other {
                         self.server_stream_element(raw)?;
+                    } else if Policy::passes_unchanged(kind) {
+                        self.to_client.push(&raw);
+                        self.sf.recycle(raw);
+                        self.forwarded(Origin::Server)?;
                     } else {
                         if let Err(v) = self.policy.from_server(&raw, kind, &mut self.actions) {
                             // A stanza the policy cannot judge is not forwarded (fail closed);
@@ -846,11 +889,11 @@ impl Core {
             .map_err(|e| End::ServerUnreadable(e.to_string()))?;
         match (element.name.as_str(), element.ns.as_str()) {
             ("features", ns::STREAMS) => match features::rewrite(&raw, &element) {
-                Some(rewritten) => self.to_client.bytes.extend_from_slice(&rewritten),
-                None => self.to_client.bytes.extend_from_slice(&raw),
+                Some(rewritten) => self.to_client.push(&rewritten),
+                None => self.to_client.push(&raw),
             },
             ("success", ns::SASL) => {
-                self.to_client.bytes.extend_from_slice(&raw);
+                self.to_client.push(&raw);
                 self.sf.reset();
                 self.cf.reset();
                 if let Phase::Negotiating { sasl_user } =
@@ -867,7 +910,7 @@ impl Core {
                 // `location` would send a resuming client around the proxy.
                 let rewritten = remove_start_tag_attr(&raw, "location")
                     .map_err(|e| End::ServerUnreadable(e.to_string()))?;
-                self.to_client.bytes.extend_from_slice(&rewritten);
+                self.to_client.push(&rewritten);
                 let sm = self
                     .sm
                     .get_or_insert_with(|| Sm::new(static_ns(&element.ns)));
@@ -906,7 +949,7 @@ impl Core {
                     // The server refused to enable stream management: nothing to count.
                     self.sm = None;
                 }
-                self.to_client.bytes.extend_from_slice(&raw);
+                self.to_client.push(&raw);
             }
             ("a", ns::SM2 | ns::SM3) => match self.sm.as_mut().filter(|sm| sm.c2s.is_enabled()) {
                 Some(sm) => {
@@ -915,9 +958,9 @@ impl Core {
                     let mapped = sm.c2s.ack(h);
                     let rewritten = set_start_tag_attr(&raw, "h", &mapped.to_string())
                         .map_err(|e| End::ServerUnreadable(format!("cannot rewrite h: {e}")))?;
-                    self.to_client.bytes.extend_from_slice(&rewritten);
+                    self.to_client.push(&rewritten);
                 }
-                None => self.to_client.bytes.extend_from_slice(&raw),
+                None => self.to_client.push(&raw),
             },
             ("error", ns::STREAMS) => {
                 let condition = stream_error_condition(&element);
@@ -925,7 +968,7 @@ impl Core {
                 tracing::info!(%condition, "stream error from the server");
                 if condition == Condition::SeeOtherHost {
                     // Following the redirect would take the client around the proxy.
-                    self.to_client.bytes.extend_from_slice(&stream_error(
+                    self.to_client.push(&stream_error(
                         Condition::SystemShutdown,
                         "the server is moving; reconnect later",
                     ));
@@ -933,9 +976,9 @@ impl Core {
                         .push(Event::StreamError(Condition::SystemShutdown));
                     return Err(End::ServerClosed);
                 }
-                self.to_client.bytes.extend_from_slice(&raw);
+                self.to_client.push(&raw);
             }
-            _ => self.to_client.bytes.extend_from_slice(&raw),
+            _ => self.to_client.push(&raw),
         }
         Ok(())
     }
@@ -943,6 +986,24 @@ impl Core {
     fn count(&mut self, origin: Origin, kind: ElementKind) {
         let base = if origin == Origin::Server { 4 } else { 0 };
         self.stanzas.0[base + kind_index(kind)] += 1;
+    }
+
+    /// One stanza the policy passes unchanged went on as it came: stream management counts it
+    /// on both sides (what [`Core::apply_actions`] does for one action, without the policy).
+    fn forwarded(&mut self, origin: Origin) -> Result<(), End> {
+        if let Some(sm) = self.sm.as_mut() {
+            let counted = match origin {
+                Origin::Client => sm.c2s.record(1, 1).and(sm.s2c.record(0, 0)),
+                _ => sm.c2s.record(0, 0).and(sm.s2c.record(1, 1)),
+            };
+            if counted.is_err() {
+                return Err(End::ClientError(
+                    Condition::ResourceConstraint,
+                    "too many unacknowledged stanzas".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Moves the policy's actions into the write queues, counts them for stream management,
@@ -953,11 +1014,11 @@ impl Core {
             match action {
                 Action::ToServer(b) => {
                     to_server += 1;
-                    self.to_server.bytes.extend_from_slice(&b);
+                    self.to_server.push(&b);
                 }
                 Action::ToClient(b) => {
                     to_client += 1;
-                    self.to_client.bytes.extend_from_slice(&b);
+                    self.to_client.push(&b);
                     // The proxy's own answers are its to deliver again after a resumption.
                     if origin != Origin::Server
                         && let Some(sm) = self.sm.as_mut()

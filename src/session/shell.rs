@@ -466,6 +466,9 @@ where
 
     /// Carries out the core's events; true if there were any.
     fn events(&mut self) -> bool {
+        if !self.core.has_events() {
+            return false;
+        }
         let mut any = false;
         while let Some(event) = self.core.poll_event() {
             any = true;
@@ -651,8 +654,13 @@ impl Counters {
     }
 
     fn publish(&mut self, stanzas: Stanzas, reports: Reports) {
-        for (report, n) in reports {
-            m::count_policy_report(report, n);
+        if !reports.is_empty() {
+            for (report, n) in reports {
+                m::count_policy_report(report, n);
+            }
+        }
+        if self.bytes == [0, 0] && stanzas == Stanzas::default() {
+            return;
         }
         for (handle, n) in self.stanzas.iter().zip(stanzas.0) {
             if n > 0 {

@@ -99,6 +99,16 @@ pub struct Framer {
     failed: Option<FrameError>,
 }
 
+thread_local! {
+    /// Empty receive buffers of this thread's quiet framers, lent to the next framer that
+    /// receives bytes: an idle connection holds no buffer, and a busy one does not pay an
+    /// allocation per read for it.
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Spare buffers kept per thread, and the largest kept.
+const SPARE_MAX: usize = 64;
+const SPARE_CAPACITY: usize = 32 * 1024;
+
 impl Framer {
     /// `max_element`: largest stream header or top-level element accepted, in bytes.
     pub fn new(max_element: usize) -> Self {
@@ -121,7 +131,23 @@ impl Framer {
 
     /// Append received bytes.
     pub fn extend(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0
+            && let Some(spare) = SPARE_BUFFERS.with_borrow_mut(|s| s.pop())
+        {
+            self.buf = spare;
+        }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Takes back the memory of a frame that was the whole buffer (see `take`), once its bytes
+    /// are used up: the next read needs no allocation.
+    pub fn recycle(&mut self, frame: Bytes) {
+        if self.buf.capacity() == 0
+            && let Ok(mut spare) = frame.try_into_mut()
+        {
+            spare.clear();
+            self.buf = spare;
+        }
     }
 
     /// The receive buffer, for reading straight into it (`read_buf`). Only append to it, and call
@@ -211,7 +237,14 @@ impl Framer {
     /// should not hold a read buffer).
     pub fn release_if_empty(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
+            let spare = std::mem::take(&mut self.buf);
+            if spare.capacity() <= SPARE_CAPACITY {
+                SPARE_BUFFERS.with_borrow_mut(|s| {
+                    if s.len() < SPARE_MAX {
+                        s.push(spare);
+                    }
+                });
+            }
         }
     }
 
