@@ -254,19 +254,22 @@ async fn connection(
     edge: Arc<Edge>,
 ) {
     let auth_deadline = Instant::now() + shared.auth_timeout;
-    // PROXY protocol in, client address, per-IP limits: all before TLS.
-    let (endpoints, _per_ip) = match edge.admit(&mut tcp, peer, auth_deadline).await {
+    // PROXY protocol in, client address, per-IP limits: all before TLS. Every future but the
+    // session's is boxed: this task's own state is as large as its largest await, and it lives
+    // as long as the session, idle for hours.
+    let admitted = Box::pin(edge.admit(&mut tcp, peer, auth_deadline)).await;
+    let (endpoints, _per_ip) = match admitted {
         Ok(admitted) => admitted,
         Err(Turned::Dropped) => return,
         Err(Turned::Limited(limit)) => {
             tracing::warn!(limit = limit.label(), "connection refused: per-IP limit");
-            refuse(
+            Box::pin(refuse(
                 tcp,
                 kind,
                 acceptor,
                 Condition::PolicyViolation,
                 limit.reason(),
-            )
+            ))
             .await;
             return;
         }
