@@ -726,3 +726,138 @@ fn before_tls_anything_but_starttls_is_a_policy_violation_in_the_answered_stream
         );
     }
 }
+
+/// Random sessions through the core: stanzas from both sides (split at random points, as reads
+/// split them), stream-management counts, visibility changes, then any ending. Whatever the
+/// sequence: no panic; no XEP-0018 presence and, while the session hides, no undirected
+/// available presence reaches the server; every ending that can still talk to the server puts
+/// its last words before `</stream:stream>`, and writes them before it drains or closes.
+mod property {
+    use proptest::prelude::{ProptestConfig, any, prop_assert, prop_oneof, proptest};
+    use proptest::strategy::{Just, Strategy as _};
+
+    use super::*;
+
+    const CLIENT: &[&str] = &[
+        "<message to='bob@example.org'><body>hi</body></message>",
+        "<presence/>",
+        "<presence><show>away</show></presence>",
+        "<presence to='bob@example.org'/>",
+        "<presence to='carol@example.org' type='unavailable'/>",
+        "<presence type='invisible'/>",
+        "<presence type='visible'/>",
+        "<presence type='visible' to='bob@example.org'/>",
+        "<presence type='invisible' to='carol@example.org'/>",
+        INVISIBLE,
+        "<iq type='set' id='vis1'><visible xmlns='urn:xmpp:invisible:1'/></iq>",
+        "<iq type='get' id='p1' to='example.org'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<r xmlns='urn:xmpp:sm:3'/>",
+        "<a xmlns='urn:xmpp:sm:3' h='1'/>",
+    ];
+    const SERVER: &[&str] = &[
+        "<message from='bob@example.org/x' to='alice@example.org/r'><body>yo</body></message>",
+        "<presence from='bob@example.org/x' to='alice@example.org/r'/>",
+        "<presence from='carol@example.org/y' to='alice@example.org' type='probe'/>",
+        "<iq type='result' id='p1' from='example.org' to='alice@example.org/r'/>",
+        "<r xmlns='urn:xmpp:sm:3'/>",
+        "<a xmlns='urn:xmpp:sm:3' h='0'/>",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Client(usize, usize),
+        Server(usize, usize),
+    }
+
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        prop_oneof![
+            (0..CLIENT.len(), any::<usize>()).prop_map(|(i, s)| Ev::Client(i, s)),
+            (0..SERVER.len(), any::<usize>()).prop_map(|(i, s)| Ev::Server(i, s)),
+        ]
+    }
+
+    fn end() -> impl proptest::strategy::Strategy<Value = usize> {
+        (0..every_end().len()).prop_flat_map(Just)
+    }
+
+    /// An undirected available presence (no `to`, no `type`).
+    fn reveals(out: &str) -> bool {
+        out.split("<presence").skip(1).any(|p| {
+            let tag = p.split('>').next().unwrap_or_default();
+            !tag.contains(" to=") && !tag.contains(" type=")
+        })
+    }
+
+    fn run(
+        events: &[Ev],
+        end_index: usize,
+        resumable: bool,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut p = if resumable {
+            Pair::resumable()
+        } else {
+            Pair::bound()
+        };
+        for ev in events {
+            if p.core.end().is_some() {
+                break;
+            }
+            let hidden = p.core.policy.is_hidden();
+            let (xml, split, from_client) = match *ev {
+                Ev::Client(i, s) => (CLIENT[i], s, true),
+                Ev::Server(i, s) => (SERVER[i], s, false),
+            };
+            let cut = split % (xml.len() + 1);
+            for part in [&xml[..cut], &xml[cut..]] {
+                if from_client {
+                    p.client(part);
+                } else {
+                    p.server(part);
+                }
+            }
+            let to_server = p.server_got();
+            p.client_got();
+            prop_assert!(
+                !to_server.contains("type='invisible'") && !to_server.contains("type='visible'"),
+                "XEP-0018 presence reached the server: {to_server}"
+            );
+            if hidden && p.core.policy.is_hidden() {
+                prop_assert!(!reveals(&to_server), "hidden, yet: {to_server}");
+            }
+        }
+        let end = every_end().swap_remove(end_index);
+        let plan = p.core.finish(Some(end));
+        let names: Vec<_> = plan.steps.iter().map(name).collect();
+        let to_server = server_bytes(&plan.steps);
+        let detached = names.contains(&"detach");
+        if names.contains(&"close-server") {
+            prop_assert!(to_server.ends_with("</stream:stream>"), "{to_server}");
+            let last = to_server.len() - "</stream:stream>".len();
+            prop_assert!(!to_server[..last].contains("</stream:stream>"));
+            let write = names.iter().position(|n| *n == "to-server");
+            let close = names.iter().position(|n| *n == "drain-server");
+            prop_assert!(write < close, "{names:?}");
+        } else if detached {
+            prop_assert!(
+                !to_server.contains("</stream:stream>"),
+                "a detached stream stays open upstream"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn random_sessions_through_the_core(
+            events in proptest::collection::vec(ev(), 0..32),
+            end_index in end(),
+            resumable in any::<bool>(),
+        ) {
+            run(&events, end_index, resumable)?;
+        }
+    }
+}
