@@ -168,8 +168,8 @@ pub struct Config {
     #[arg(long, env = "XMPP_VEIL_AUTH_TIMEOUT", default_value_t = 30.0)]
     pub auth_timeout: f64,
 
-    /// Time one write to a peer may take before the proxy gives up on a peer that does not
-    /// read, in seconds.
+    /// Time a write to a peer may go without progress before the proxy gives up on a peer that
+    /// does not read, in seconds.
     #[arg(long, env = "XMPP_VEIL_WRITE_TIMEOUT", default_value_t = 30.0)]
     pub write_timeout: f64,
 
