@@ -617,3 +617,64 @@ async fn a_client_that_does_not_read_stops_the_proxy_reading_the_server() {
     );
     assert!(common > 0, "the client received none of the server's bytes");
 }
+
+/// A client that never reads while it floods requests the proxy answers itself (`<compress/>`:
+/// the proxy refuses compression) must not make the answers pile up in the proxy: it stops
+/// reading that client, whose session is cut at `--write-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_stops_the_proxy_reading_it() {
+    let _serial = SERIAL.lock().await;
+    let fake = FakeUpstream::start(SMALL).await;
+    let proxy = proxy::start(
+        fake.addr,
+        "plain",
+        &[
+            "--invisibility-strategy",
+            "silent",
+            "--write-timeout",
+            STALL_TIMEOUT,
+        ],
+    )
+    .await;
+    let (client, upstream) =
+        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
+    let (client, upstream) = (
+        client.expect("client login"),
+        upstream.expect("upstream login"),
+    );
+    // The answers wait in the kernel on the client's leg, plus what the proxy may hold.
+    let allowed = kernel_send_max() + client.buffers.recv as usize + PROXY_ALLOWANCE;
+    let request =
+        b"<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>";
+    let data: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(flat_out(allowed) / request.len() * request.len())
+        .collect();
+    let before = proxy::metric(C2S);
+    let progress = Arc::new(Progress::default());
+    let (_r, mut w) = tokio::io::split(client.stream);
+    let attempted = data.len();
+    let write = tokio::time::timeout(DEADLOCK, write_counted(&mut w, &data, &progress.written))
+        .await
+        .expect("the client's writes neither finished nor failed: the session was not cut");
+    wait_no_connection().await;
+    let read = (proxy::metric(C2S) - before) as usize;
+    let written = progress.written.load(Ordering::Relaxed);
+    eprintln!(
+        "client wrote {written} of {attempted} ({write:?}); the proxy read {read}, {allowed} allowed"
+    );
+    assert!(
+        write.is_err() && written < attempted,
+        "the client wrote all {attempted} bytes of requests without reading an answer: nothing \
+         held it back"
+    );
+    assert!(
+        read <= allowed,
+        "the proxy read {read} bytes of requests from a client that reads none of the answers: \
+         more than the kernel's buffers on its leg and {PROXY_ALLOWANCE} bytes of its own \
+         ({allowed})"
+    );
+    drop(upstream);
+}

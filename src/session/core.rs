@@ -607,10 +607,12 @@ impl Core {
         };
         match step {
             PreTls::Header => {
-                let Some((_, _, domain)) = Core::client_header(frame)? else {
+                let Some((_, header, domain)) = Core::client_header(frame)? else {
                     return Ok(());
                 };
                 self.domain = domain;
+                // `<starttls/>` may use a prefix the header declared.
+                self.client_prefixes = header.prefixes;
                 let header = self.own_header();
                 self.to_client.push(&header);
                 self.to_client.push(
@@ -972,8 +974,6 @@ impl Core {
                         Condition::SystemShutdown,
                         "the server is moving; reconnect later",
                     ));
-                    self.events
-                        .push(Event::StreamError(Condition::SystemShutdown));
                     return Err(End::ServerClosed);
                 }
                 self.to_client.push(&raw);

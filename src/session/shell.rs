@@ -36,6 +36,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 16 * 1024;
 /// A leg is read only while the queue toward the other leg holds less than this.
 pub const HIGH_WATER: usize = 64 * 1024;
+/// Nor while the queue back toward that same leg holds more than this: only the proxy's own
+/// answers (to `<compress/>`, refused commands …) grow it, and a peer that sends requests but
+/// reads slowly must not make them pile up. Far above what relaying ever leaves there, so two
+/// peers that both write before they read still flow.
+const ANSWERS_CAP: usize = 4 * HIGH_WATER;
 
 thread_local! {
     /// Where every session of this worker thread reads into: a session waiting for data holds no
@@ -163,9 +168,12 @@ async fn open<C>(
 where
     C: AsyncRead + Unpin,
 {
-    let domain = loop {
-        if let Some(Event::Connect { domain }) = core.poll_event() {
-            break domain;
+    let domain = 'connect: loop {
+        while let Some(event) = core.poll_event() {
+            match event {
+                Event::Connect { domain } => break 'connect domain,
+                event => account(event, shared),
+            }
         }
         if core.end().is_some() {
             return Err(End::ClientGone);
@@ -372,7 +380,10 @@ where
                 self.taker = Some(taker);
                 return Poll::Ready(Some(End::TakenOver));
             }
-            if let Some(lookup) = &mut self.lookup
+            // Not once the session ends: an unfinished lookup is dropped with the shell, and the
+            // live session it waits for then keeps its state in the store.
+            if self.core.end().is_none()
+                && let Some(lookup) = &mut self.lookup
                 && let Poll::Ready(state) = lookup.as_mut().poll(cx)
             {
                 self.lookup = None;
@@ -422,6 +433,7 @@ where
             if client_readable
                 && !self.core.client_waits()
                 && self.core.server_out().len() < HIGH_WATER
+                && self.core.client_out().len() < ANSWERS_CAP
             {
                 let core = &mut self.core;
                 match poll_read_with(&mut self.client, cx, |b| core.handle_client_bytes(b)) {
@@ -436,6 +448,7 @@ where
             if server_readable
                 && self.core.end().is_none()
                 && self.core.client_out().len() < HIGH_WATER
+                && self.core.server_out().len() < ANSWERS_CAP
             {
                 let core = &mut self.core;
                 match poll_read_with(&mut self.upstream, cx, |b| core.handle_server_bytes(b)) {
@@ -541,14 +554,18 @@ async fn carry_out<C, U>(
         account(event, shared);
     }
     log_end(&end, told, untold);
+    let last_words = shared.write_timeout.max(CLOSE_GRACE);
     let mut taker = taker;
     for step in steps {
         match step {
+            // What was queued for the server, then the last words: as long as any write to it
+            // may take, as before the ending (the `unavailable`s are at the end).
             Step::ToServer(bytes) => {
                 if let Some(up) = upstream.as_mut() {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, write_out(up, &bytes)).await;
+                    let _ = tokio::time::timeout(last_words, write_out(up, &bytes)).await;
                 }
             }
+            // A client that stopped reading gets a short chance only.
             Step::ToClient(bytes) => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, write_out(&mut client, &bytes)).await;
             }

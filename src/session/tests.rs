@@ -692,6 +692,22 @@ fn before_tls_the_proxy_answers_and_takes_only_starttls() {
 }
 
 #[test]
+fn before_tls_starttls_may_use_a_prefix_of_the_stream_header() {
+    let mut p = starttls_core();
+    p.client(
+        "<stream:stream to='example.org' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns:tls='urn:ietf:params:xml:ns:xmpp-tls' version='1.0'>",
+    );
+    p.client_got();
+    p.client("<tls:starttls/>");
+    assert_eq!(
+        p.client_got(),
+        "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    );
+}
+
+#[test]
 fn before_tls_anything_but_starttls_is_a_policy_violation_in_the_answered_stream() {
     for (what, sent) in [
         (
