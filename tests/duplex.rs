@@ -339,19 +339,7 @@ where
 /// the session was not cut.
 async fn exchange_through_the_proxy(client_style: Style, server_style: Style) {
     let _serial = SERIAL.lock().await;
-    let fake = FakeUpstream::start(SMALL).await;
-    let proxy = proxy::start(
-        fake.addr,
-        "plain",
-        &["--invisibility-strategy", "silent", "--write-timeout", "20"],
-    )
-    .await;
-    let (client, upstream) =
-        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
-    let (client, upstream) = (
-        client.expect("client login"),
-        upstream.expect("upstream login"),
-    );
+    let (_fake, _proxy, client, upstream) = logged_in("20").await;
     let (mut client, mut server) = exchange(
         "through the proxy",
         (client.stream, client.rest, client_style),
@@ -423,6 +411,38 @@ async fn both_exchanges_complete_over_a_bare_connection() {
     }
 }
 
+/// The proxy (silent strategy, `--write-timeout` as given) between a raw client and the scripted
+/// upstream, both logged in; the proxy runs as long as its handle is kept.
+async fn logged_in(
+    write_timeout: &str,
+) -> (
+    FakeUpstream,
+    proxy::TestProxy,
+    RawClient,
+    common::raw::Upstream,
+) {
+    let fake = FakeUpstream::start(SMALL).await;
+    let proxy = proxy::start(
+        fake.addr,
+        "plain",
+        &[
+            "--invisibility-strategy",
+            "silent",
+            "--write-timeout",
+            write_timeout,
+        ],
+    )
+    .await;
+    let (client, upstream) =
+        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
+    (
+        fake,
+        proxy,
+        client.expect("client login"),
+        upstream.expect("upstream login"),
+    )
+}
+
 /// Waits until the proxy holds no client connection (the session has ended and counted).
 async fn wait_no_connection() {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -439,24 +459,7 @@ const STALL_TIMEOUT: &str = "3";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_does_not_read_stops_the_proxy_reading_the_client() {
     let _serial = SERIAL.lock().await;
-    let fake = FakeUpstream::start(SMALL).await;
-    let proxy = proxy::start(
-        fake.addr,
-        "plain",
-        &[
-            "--invisibility-strategy",
-            "silent",
-            "--write-timeout",
-            STALL_TIMEOUT,
-        ],
-    )
-    .await;
-    let (client, upstream) =
-        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
-    let (client, upstream) = (
-        client.expect("client login"),
-        upstream.expect("upstream login"),
-    );
+    let (fake, _proxy, client, upstream) = logged_in(STALL_TIMEOUT).await;
     // In the kernel on the stalled leg: the proxy's send buffer and the server's receive buffer.
     let allowed = kernel_send_max() + fake.buffers.recv as usize + PROXY_ALLOWANCE;
     let data = from_client(flat_out(allowed));
@@ -522,24 +525,7 @@ async fn a_server_that_does_not_read_stops_the_proxy_reading_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_stops_the_proxy_reading_the_server() {
     let _serial = SERIAL.lock().await;
-    let fake = FakeUpstream::start(SMALL).await;
-    let proxy = proxy::start(
-        fake.addr,
-        "plain",
-        &[
-            "--invisibility-strategy",
-            "silent",
-            "--write-timeout",
-            STALL_TIMEOUT,
-        ],
-    )
-    .await;
-    let (client, upstream) =
-        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
-    let (client, upstream) = (
-        client.expect("client login"),
-        upstream.expect("upstream login"),
-    );
+    let (_fake, _proxy, client, upstream) = logged_in(STALL_TIMEOUT).await;
     // In the kernel on the stalled leg: the proxy's send buffer and the client's receive buffer
     // (which hold TLS records, larger than the bytes they carry).
     let allowed = kernel_send_max() + client.buffers.recv as usize + PROXY_ALLOWANCE;
@@ -624,24 +610,7 @@ async fn a_client_that_does_not_read_stops_the_proxy_reading_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_its_answers_stops_the_proxy_reading_it() {
     let _serial = SERIAL.lock().await;
-    let fake = FakeUpstream::start(SMALL).await;
-    let proxy = proxy::start(
-        fake.addr,
-        "plain",
-        &[
-            "--invisibility-strategy",
-            "silent",
-            "--write-timeout",
-            STALL_TIMEOUT,
-        ],
-    )
-    .await;
-    let (client, upstream) =
-        tokio::join!(RawClient::login(proxy.direct_tls, SMALL), fake.session());
-    let (client, upstream) = (
-        client.expect("client login"),
-        upstream.expect("upstream login"),
-    );
+    let (_fake, _proxy, client, upstream) = logged_in(STALL_TIMEOUT).await;
     // The answers wait in the kernel on the client's leg, plus what the proxy may hold.
     let allowed = kernel_send_max() + client.buffers.recv as usize + PROXY_ALLOWANCE;
     let request =

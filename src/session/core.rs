@@ -484,8 +484,8 @@ impl Core {
         else {
             return;
         };
-        self.phase = Phase::Authenticated { sasl_user };
         let Some(state) = state else {
+            self.phase = Phase::Authenticated { sasl_user };
             self.refuse_resume(ns, "item-not-found");
             return self.client_frames();
         };
@@ -493,11 +493,6 @@ impl Core {
         match set_start_tag_attr(&raw, "h", &server_h.to_string()) {
             Ok(rewritten) => {
                 self.to_server.push(&rewritten);
-                let Phase::Authenticated { sasl_user } =
-                    std::mem::replace(&mut self.phase, Phase::Ended)
-                else {
-                    unreachable!("set just above")
-                };
                 self.phase = Phase::Resuming {
                     sasl_user,
                     step: Resume::Server {
@@ -508,6 +503,7 @@ impl Core {
                 };
             }
             Err(_) => {
+                self.phase = Phase::Authenticated { sasl_user };
                 self.events.push(Event::PutBack {
                     id,
                     state: Box::new(state),
@@ -565,7 +561,7 @@ impl Core {
                 } else {
                     self.policy
                         .from_client(&raw, kind, now_for(kind), &mut self.actions)
-                        .map_err(|v| End::ClientError(violation_condition(&v), v.reason))?;
+                        .map_err(|v| End::ClientError(v.condition, v.reason))?;
                     self.apply_actions(Origin::Client)?;
                 }
             }
@@ -587,7 +583,7 @@ impl Core {
         };
         let header = StreamHeader::parse(&raw)
             .and_then(|h| h.check_client_namespace().map(|()| h))
-            .map_err(|e| End::Refused(frame_condition(&e), e.to_string()))?;
+            .map_err(|e| End::Refused(e.condition(), e.to_string()))?;
         let Some(domain) = header.to.clone().filter(|d| !d.is_empty()) else {
             return Err(End::Refused(
                 Condition::HostUnknown,
@@ -991,19 +987,33 @@ impl Core {
     /// One stanza the policy passes unchanged went on as it came: stream management counts it
     /// on both sides (what [`Core::apply_actions`] does for one action, without the policy).
     fn forwarded(&mut self, origin: Origin) -> Result<(), End> {
-        if let Some(sm) = self.sm.as_mut() {
-            let counted = match origin {
-                Origin::Client => sm.c2s.record(1, 1).and(sm.s2c.record(0, 0)),
-                _ => sm.c2s.record(0, 0).and(sm.s2c.record(1, 1)),
-            };
-            if counted.is_err() {
-                return Err(End::ClientError(
-                    Condition::ResourceConstraint,
-                    "too many unacknowledged stanzas".into(),
-                ));
-            }
+        match origin {
+            Origin::Client => self.count_sm(origin, 1, 0),
+            Origin::Server | Origin::Proxy => self.count_sm(origin, 0, 1),
         }
-        Ok(())
+    }
+
+    /// Stream management's count of one event: the stanza it consumed (from `origin`) and the
+    /// stanzas it produced toward each leg.
+    fn count_sm(&mut self, origin: Origin, to_server: u64, to_client: u64) -> Result<(), End> {
+        let Some(sm) = self.sm.as_mut() else {
+            return Ok(());
+        };
+        let (from_client, from_server) = match origin {
+            Origin::Client => (1, 0),
+            Origin::Server => (0, 1),
+            Origin::Proxy => (0, 0),
+        };
+        let counted = sm
+            .c2s
+            .record(from_client, to_server)
+            .and(sm.s2c.record(from_server, to_client));
+        counted.map_err(|_| {
+            End::ClientError(
+                Condition::ResourceConstraint,
+                "too many unacknowledged stanzas".into(),
+            )
+        })
     }
 
     /// Moves the policy's actions into the write queues, counts them for stream management,
@@ -1029,23 +1039,7 @@ impl Core {
                 }
             }
         }
-        if let Some(sm) = self.sm.as_mut() {
-            let (from_client, from_server) = match origin {
-                Origin::Client => (1, 0),
-                Origin::Server => (0, 1),
-                Origin::Proxy => (0, 0),
-            };
-            let counted = sm
-                .c2s
-                .record(from_client, to_server)
-                .and(sm.s2c.record(from_server, to_client));
-            if counted.is_err() {
-                return Err(End::ClientError(
-                    Condition::ResourceConstraint,
-                    "too many unacknowledged stanzas".into(),
-                ));
-            }
-        }
+        self.count_sm(origin, to_server, to_client)?;
         let hidden = self
             .policy
             .is_hidden()
@@ -1162,16 +1156,8 @@ fn static_ns(ns: &str) -> &'static str {
     if ns == ns::SM2 { ns::SM2 } else { ns::SM3 }
 }
 
-fn frame_condition(e: &FrameError) -> Condition {
-    e.condition()
-}
-
-fn violation_condition(v: &crate::policy::Violation) -> Condition {
-    v.condition
-}
-
 fn client_error(e: &FrameError) -> End {
-    End::ClientError(frame_condition(e), e.to_string())
+    End::ClientError(e.condition(), e.to_string())
 }
 
 /// The condition of a `<stream:error/>`.

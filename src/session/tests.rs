@@ -37,19 +37,28 @@ struct Pair {
     events: Vec<Event>,
 }
 
+/// The proxy's defaults, on the silent strategy (no disco#info round trip after binding).
+fn config() -> Config {
+    Config {
+        limits: Limits {
+            max_element: 64 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+        },
+        strategy: Strategy::Silent,
+        stream_id: "xv-test".into(),
+        id_prefix: "veiltest".into(),
+    }
+}
+
 impl Pair {
     fn new() -> Pair {
+        Pair::with(Core::new(config()))
+    }
+
+    fn with(core: Core) -> Pair {
         Pair {
-            core: Box::new(Core::new(Config {
-                limits: Limits {
-                    max_element: 64 * 1024,
-                    max_depth: 32,
-                    max_attributes: 64,
-                },
-                strategy: Strategy::Silent,
-                stream_id: "xv-test".into(),
-                id_prefix: "veiltest".into(),
-            })),
+            core: Box::new(core),
             events: Vec::new(),
         }
     }
@@ -641,19 +650,7 @@ fn a_partly_written_queue_goes_on_where_it_stopped() {
 }
 
 fn starttls_core() -> Pair {
-    Pair {
-        core: Box::new(Core::new_starttls(Config {
-            limits: Limits {
-                max_element: 64 * 1024,
-                max_depth: 32,
-                max_attributes: 64,
-            },
-            strategy: Strategy::Silent,
-            stream_id: "xv-test".into(),
-            id_prefix: "veiltest".into(),
-        })),
-        events: Vec::new(),
-    }
+    Pair::with(Core::new_starttls(config()))
 }
 
 #[test]
