@@ -204,6 +204,21 @@ impl Client {
         }
     }
 
+    /// Sends an IQ and waits for the `result`/`error` with this id; `None` if none came within
+    /// `timeout` (for a peer that may not answer yet, asked again by the caller).
+    pub async fn try_iq(&self, xml_with_id: &str, id: &str, timeout: Duration) -> Option<Stanza> {
+        let mark = self.mark();
+        self.send(xml_with_id).await;
+        self.watch(timeout, |st| {
+            st.log
+                .iter()
+                .skip(mark)
+                .find(|s| s.is_iq_reply(id))
+                .cloned()
+        })
+        .await
+    }
+
     /// Waits until the peer closed the stream or the connection; `false` on timeout.
     pub async fn wait_closed(&self, timeout: Duration) -> bool {
         let closed = self.watch(timeout, |st| st.closed().then_some(())).await;
